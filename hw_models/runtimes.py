@@ -1,0 +1,133 @@
+"""Runtime profiles: what the deployment runtime adds to a network's bare cost.
+
+`tflm` models TensorFlow Lite Micro with CMSIS-NN kernels: the arena planned by its
+GreedyMemoryPlanner, kernel scratch, the persistent tail, the flatbuffer's metadata and
+the code of the kernels linked in. `ideal` is the papers' accounting (SpArSe, uNAS):
+SRAM = working memory, model = non-zeros at their bits, no runtime at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hw_models.errors import HardwareModelError
+from hw_models.ir import FrozenMap
+
+
+class UnknownRuntimeError(HardwareModelError, KeyError):
+    """A runtime name that is not defined."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeProfile:
+    """Constants of one runtime. All sizes in bytes.
+
+    Attributes:
+        plan_arena: plan tensors with the greedy planner (else SRAM = working memory).
+        count_scratch: kernel and structure scratch buffers take arena space.
+        tensor_alignment_bytes: arena buffer alignment.
+        persistent_bytes_per_tensor / _per_op / _per_output_channel: the persistent
+            tail the interpreter allocates besides the planned arena.
+        include_sram_overhead: add the device's firmware SRAM overhead.
+        stored_weights: model bytes are the stored structure (with sparse indices,
+            biases, quantisation parameters and metadata); else non-zeros at their bits.
+        model_header_bytes / metadata_bytes_per_tensor / metadata_bytes_per_op: the
+            model file's fixed and per-entry overheads.
+        code_base_bytes / code_bytes_per_op_kind: runtime code in flash.
+    """
+
+    name: str
+    plan_arena: bool
+    count_scratch: bool
+    tensor_alignment_bytes: int
+    persistent_bytes_per_tensor: int
+    persistent_bytes_per_op: int
+    persistent_bytes_per_output_channel: int
+    include_sram_overhead: bool
+    stored_weights: bool
+    model_header_bytes: int
+    metadata_bytes_per_tensor: int
+    metadata_bytes_per_op: int
+    code_base_bytes: int
+    code_bytes_per_op_kind: Mapping[str, int] = field(default_factory=FrozenMap)
+    sources: Mapping[str, str] = field(default_factory=FrozenMap)
+
+
+TFLM = RuntimeProfile(
+    name="tflm",
+    plan_arena=True,
+    count_scratch=True,
+    tensor_alignment_bytes=16,
+    persistent_bytes_per_tensor=24,
+    persistent_bytes_per_op=56,
+    persistent_bytes_per_output_channel=8,
+    include_sram_overhead=True,
+    stored_weights=True,
+    model_header_bytes=512,
+    metadata_bytes_per_tensor=64,
+    metadata_bytes_per_op=48,
+    code_base_bytes=24 * 1024,
+    code_bytes_per_op_kind=FrozenMap({
+        "conv2d": 6144, "depthwise_conv2d": 6144, "linear": 2048, "avg_pool2d": 1536,
+        "max_pool2d": 1536, "global_avg_pool": 2048, "add": 2048, "concat": 1024,
+        "reshape": 512, "flatten": 512, "softmax": 2048, "relu": 768, "relu6": 768,
+        "lstm": 12288, "gru": 10240, "embedding": 768,
+    }),
+    sources=FrozenMap({
+        "tensor_alignment_bytes": "TFLM MicroArenaBufferAlignment() = 16 (micro_arena_constants.h); "
+        "the planner is given sizes rounded up to it",
+        "persistent_bytes_per_tensor": "DESIGN.md: about 24 B per tensor (TfLiteEvalTensor plus its "
+        "dims and quantisation pointers on a 32-bit MCU); to be calibrated against the "
+        "tflite-micro interpreter (issue 11)",
+        "persistent_bytes_per_op": "DESIGN.md: about 56 B per op (TfLiteNode + registration pointer "
+        "+ kernel OpData header); calibration: issue 11",
+        "persistent_bytes_per_output_channel": "DESIGN.md and TFLM conv.cc/depthwise_conv.cc: one int32 "
+        "output multiplier and one int32 shift per output channel",
+        "model_header_bytes": "estimate of a TFLite flatbuffer's fixed part (root table, subgraph, "
+        "operator codes, description string); calibration: issue 11",
+        "metadata_bytes_per_tensor": "estimate from schema.fbs: Tensor table, shape vector, name "
+        "string, buffer entry and per-tensor quantisation (scale, zero point); issue 11",
+        "metadata_bytes_per_op": "estimate from schema.fbs: Operator table with input/output index "
+        "vectors and builtin options; issue 11",
+        "code_base_bytes": "estimate of TFLM interpreter, allocator, flatbuffer reader and error "
+        "reporter built with arm-none-eabi-gcc -Os (the TFLM paper, arXiv 2010.08678, reports a "
+        "core interpreter of a few kB; allocator and schema code add to it); measured in issue 11",
+        "code_bytes_per_op_kind": "estimates of each CMSIS-NN/TFLM kernel's code, -Os; measured in issue 11",
+    }),
+)
+
+IDEAL = RuntimeProfile(
+    name="ideal",
+    plan_arena=False,
+    count_scratch=False,
+    tensor_alignment_bytes=1,
+    persistent_bytes_per_tensor=0,
+    persistent_bytes_per_op=0,
+    persistent_bytes_per_output_channel=0,
+    include_sram_overhead=False,
+    stored_weights=False,
+    model_header_bytes=0,
+    metadata_bytes_per_tensor=0,
+    metadata_bytes_per_op=0,
+    code_base_bytes=0,
+    sources=FrozenMap({
+        "plan_arena": "SpArSe (arXiv 1905.12107) Sec. 3: working memory = max over ops of inputs + outputs",
+        "stored_weights": "SpArSe: model size = number of non-zero weights (one byte each at 8 bits)",
+    }),
+)
+
+RUNTIMES: dict[str, RuntimeProfile] = {TFLM.name: TFLM, IDEAL.name: IDEAL}
+
+
+def get_runtime(runtime: str | RuntimeProfile) -> RuntimeProfile:
+    """A runtime profile by name (`tflm` or `ideal`), or the profile itself."""
+    if isinstance(runtime, RuntimeProfile):
+        return runtime
+    try:
+        return RUNTIMES[runtime]
+    except KeyError:
+        raise UnknownRuntimeError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}") from None
