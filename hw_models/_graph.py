@@ -227,9 +227,7 @@ def _check_op_shapes(layer: LayerSpec, attrs: dict[str, Any], in_shapes: list[tu
                 f"{where}.weights.weight.shape: depthwise weights are (C x multiplier, KH, KW, 1) "
                 f"with C={c}, got {list(ws['weight'])}"
             )
-    elif kind in (OpKind.AVG_POOL2D, OpKind.MAX_POOL2D):
-        _expect_rank(x, 3, "the input (H, W, C)", where)
-    elif kind == OpKind.GLOBAL_AVG_POOL:
+    elif kind in (OpKind.AVG_POOL2D, OpKind.MAX_POOL2D) or kind == OpKind.GLOBAL_AVG_POOL:
         _expect_rank(x, 3, "the input (H, W, C)", where)
     elif kind == OpKind.LINEAR:
         _expect_rank(ws["weight"], 2, "weights.weight (O, I)", where)
@@ -270,7 +268,9 @@ def _check_op_shapes(layer: LayerSpec, attrs: dict[str, Any], in_shapes: list[tu
         size = math.prod(x)
         known = math.prod(d for d in target if d != -1)
         if (-1 in target and size % known) or (-1 not in target and known != size):
-            raise InvalidNetworkError(f"{where}.attrs.shape: cannot reshape {list(x)} ({size} elements) to {list(target)}")
+            raise InvalidNetworkError(
+                f"{where}.attrs.shape: cannot reshape {list(x)} ({size} elements) to {list(target)}"
+            )
 
 
 def layer_view(

@@ -69,7 +69,9 @@ def _size_of(value: Any) -> int:
 def _scalar(value: Any, where: str) -> Any:
     if isinstance(value, np.ndarray):
         if value.size != 1:
-            raise InvalidNetworkError(f"{where}: build() needs one value, got an array of {value.size}; use build_batch()")
+            raise InvalidNetworkError(
+                f"{where}: build() needs one value, got an array of {value.size}; use build_batch()"
+            )
         value = value.reshape(-1)[0]
     if isinstance(value, np.integer):
         return int(value)
@@ -191,10 +193,14 @@ class NetworkBuilder:
         attrs = {"activation": activation, "bias": bias}
         return self.add(OpKind.LINEAR, [x], attrs, {"weight": (shape, weight_bits, structure or Dense())}, name)
 
-    def avg_pool2d(self, x: str, kernel: Any, stride: Any = None, padding: str = "valid", name: str | None = None) -> str:
+    def avg_pool2d(
+        self, x: str, kernel: Any, stride: Any = None, padding: str = "valid", name: str | None = None
+    ) -> str:
         return self.add(OpKind.AVG_POOL2D, [x], {"kernel": kernel, "stride": stride, "padding": padding}, name=name)
 
-    def max_pool2d(self, x: str, kernel: Any, stride: Any = None, padding: str = "valid", name: str | None = None) -> str:
+    def max_pool2d(
+        self, x: str, kernel: Any, stride: Any = None, padding: str = "valid", name: str | None = None
+    ) -> str:
         return self.add(OpKind.MAX_POOL2D, [x], {"kernel": kernel, "stride": stride, "padding": padding}, name=name)
 
     def global_avg_pool(self, x: str, name: str | None = None) -> str:

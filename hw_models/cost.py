@@ -318,7 +318,9 @@ def estimate(
         for i, v in enumerate(graph.ops)
     )
     buffers = tuple(
-        BufferPlacement(name, int(c.buffer_sizes[0, j]), int(c.buffer_offsets[0, j]), c.buffer_first[j], c.buffer_last[j])
+        BufferPlacement(
+            name, int(c.buffer_sizes[0, j]), int(c.buffer_offsets[0, j]), c.buffer_first[j], c.buffer_last[j]
+        )
         for j, name in enumerate(c.buffer_names)
         if j < len(graph.tensor_names) or c.buffer_sizes[0, j] > 0
     )
