@@ -291,3 +291,10 @@ def test_file_datasets_need_a_data_dir(tmp_path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DatasetNotFoundError, match=re.escape(f"{missing} does not exist")):
         load_dataset(DatasetConfig("mnist"), missing)
+
+
+def test_registering_a_name_twice_is_an_error() -> None:
+    from sparse_nas.datasets._registry import register_dataset
+
+    with pytest.raises(DatasetError, match="'digits' is already registered"):
+        register_dataset(dataset_info("digits"), lambda data_dir, options: None)

@@ -298,3 +298,11 @@ def test_download_dataset_edge_cases(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="unknown dataset"):
         download_dataset("imagenet", tmp_path)
     assert dataset_info("fsdd").downloadable
+
+
+def test_file_set_with_a_missing_file_fails_and_cleans_up(server: Server, data_dir: Path) -> None:
+    serve(server, {p: d for p, d in RECORDINGS.items() if p != "recordings/0_x_1.wav"})
+    download = Sha256ListDownload("unused", "fsdd", tuple(RECORDINGS), listing_digest(RECORDINGS))
+    with pytest.raises(DatasetDownloadError, match=re.escape(f"{server.url}/recordings/0_x_1.wav")):
+        download.fetch(data_dir, server.url, timeout_s=5)
+    assert list((data_dir / "fsdd").rglob("*")) == []
