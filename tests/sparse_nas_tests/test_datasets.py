@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,8 +96,9 @@ def test_importing_the_package_does_not_import_torch_or_sklearn() -> None:
         "import sys, sparse_nas.datasets as d; d.dataset_info('fsdd');"
         "print('torch' in sys.modules, 'sklearn' in sys.modules)"
     )
+    repo_root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root
     )
     assert result.stdout.split() == ["False", "False"]
 
@@ -285,7 +287,7 @@ def test_tensor_split_validates_its_tensors() -> None:
     assert len(TensorSplit(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64))) == 2
 
 
-def test_file_datasets_need_a_data_dir(tmp_path) -> None:
+def test_file_datasets_need_a_data_dir(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match="data_dir is None"):
         load_dataset(DatasetConfig("mnist"))
     missing = tmp_path / "nowhere"
