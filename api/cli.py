@@ -3,6 +3,7 @@
 Subcommands:
     devices                      the device catalogue
     cost NET.json --device NAME  predicted flash / SRAM / MACs / latency of a network
+    datasets [list|download]     the datasets and their files
 Sizes are printed in KiB (the edge of the system); JSON output keeps bytes.
 """
 
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from api.settings import get_settings
 from hw_models import (
     CostReport,
     DeviceSpec,
@@ -25,6 +27,7 @@ from hw_models import (
     load_device,
 )
 from hw_models.runtimes import RUNTIMES
+from sparse_nas.errors import SparseNASError
 
 KIB = 1024
 
@@ -98,6 +101,24 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from sparse_nas.datasets import available_datasets, dataset_info, download_dataset
+
+    data_dir = Path(args.data_dir) if args.data_dir else get_settings().data_dir
+    if args.action == "download":
+        if not args.name:
+            raise SparseNASError("datasets download: name the dataset, one of " + ", ".join(available_datasets()))
+        paths = download_dataset(args.name, data_dir)
+        print(f"{args.name}: {len(paths)} file(s) verified in {data_dir}")
+        return 0
+    for name in available_datasets():
+        info = dataset_info(name)
+        shape = "x".join(str(d) for d in info.input_shape)
+        where = "bundled" if not info.needs_data_dir else str(data_dir)
+        print(f"{name:<15}{shape:<12}{info.num_classes:>4} classes  {where:<20} {info.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-nas", description="Hardware-aware NAS for microcontrollers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=sorted(RUNTIMES), default="tflm", help="runtime profile (default tflm)")
     p.add_argument("--json", action="store_true", help="print the full CostReport as JSON")
     p.set_defaults(func=_cmd_cost)
+    p = sub.add_parser("datasets", help="list datasets or download one (with checksums)")
+    p.add_argument("action", choices=("list", "download"), nargs="?", default="list")
+    p.add_argument("name", nargs="?", help="dataset to download")
+    p.add_argument("--data-dir", help="data directory (default: $SPARSE_NAS_DATA_DIR or ./data)")
+    p.set_defaults(func=_cmd_datasets)
     return parser
 
 
@@ -119,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except HardwareModelError as exc:
+    except (HardwareModelError, SparseNASError) as exc:
         print(f"sparse-nas: error: {exc}", file=sys.stderr)
         return 2
 

@@ -60,3 +60,26 @@ def test_console_script_runs():
         [sys.executable, "-m", "api.cli", "devices"], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert "atmega328p" in result.stdout
+
+
+def test_datasets_list_uses_the_data_dir_setting(monkeypatch, tmp_path, capsys):
+    from api.settings import get_settings
+
+    monkeypatch.setenv("SPARSE_NAS_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert main(["datasets"]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    assert "digits" in out and "bundled" in out and str(tmp_path) in out
+
+
+def test_datasets_download_errors(tmp_path, capsys):
+    assert main(["datasets", "download"]) == 2
+    assert "name the dataset" in capsys.readouterr().err
+    assert main(["datasets", "download", "imagenet", "--data-dir", str(tmp_path)]) == 2
+    assert "imagenet" in capsys.readouterr().err
+    # digits ships with scikit-learn: nothing to fetch, no network touched.
+    assert main(["datasets", "download", "digits", "--data-dir", str(tmp_path)]) == 0
+    assert "0 file(s)" in capsys.readouterr().out
