@@ -27,8 +27,9 @@ class BaseCompressedLinear(nn.Module, abc.ABC):
       and structure conversion only.
     - `weight_structure()`: the `hw_models` structure of the CURRENT state (actual mask
       density, actual factor shapes); `weight_spec()` wraps it with the shape and bits.
-      Its parameter count equals `stored_parameters()` (bias excluded) and the MACs
-      hw_models derives from it are the module's own forward cost.
+      The non-zeros hw_models counts for it equal `stored_parameters()` (bias
+      excluded), and the MACs it derives are the module's own forward cost (for masks,
+      the non-zeros a sparse kernel multiplies).
     - `stored_parameters()`: values a deployment stores for W (non-zeros for masks).
     - Gradients reach every trainable parameter. Initialisation draws from torch's
       global generator only, so seeding it (the trainer does) makes it deterministic.
