@@ -411,6 +411,16 @@ class DopedKroneckerLinear(KroneckerLinear):
         """Entries of S kept by the mask now."""
         return int(self.mask.sum())
 
+    @property
+    def target_density(self) -> float:
+        """The density of S that pruning schedules drive towards (`doping_density`)."""
+        return self.doping_density
+
+    @property
+    def density(self) -> float:
+        """Fraction of S kept by the mask now."""
+        return self.doping_nonzeros / self.mask.numel()
+
     def sparse_overlay(self) -> torch.Tensor:
         """S with pruned entries zeroed, (out_features, in_features)."""
         return self.overlay * self.mask

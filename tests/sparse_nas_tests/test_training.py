@@ -97,6 +97,35 @@ def test_learns_a_separable_problem_well_above_chance() -> None:
     assert result.train_seconds > 0
 
 
+@pytest.mark.parametrize(
+    ("memory_format", "precision"),
+    [("contiguous", "fp32"), ("channels_last", "fp32"), ("channels_last", "bf16-mixed")],
+)
+def test_conv_net_learns_deterministically_in_every_format(memory_format: str, precision: str) -> None:
+    blobs = _blobs(n_features=16)
+    images = _Splits(*(_Split(s.x.view(-1, 1, 4, 4), s.y) for s in (blobs.train, blobs.val, blobs.test)))
+    config = TrainConfig(
+        epochs=3,
+        batch_size=32,
+        lr=1e-2,
+        memory_format=memory_format,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
+    )
+
+    def run() -> TrainResult:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+            nn.Linear(128, 4),
+        )  # fmt: skip
+        return train(model, images, config)
+
+    result = run()
+    assert result.val_accuracy > 0.9
+    assert all(t.dtype == torch.float32 for t in result.state_dict.values() if t.is_floating_point())
+    _assert_same_state(result.state_dict, run().state_dict)
+
+
 def test_model_is_left_holding_the_returned_state() -> None:
     model = _mlp()
     result = train(model, _blobs(), TrainConfig(epochs=2, batch_size=64))
@@ -246,9 +275,7 @@ def test_callback_returning_true_stops_training() -> None:
         seen.append(report)
         return report.epoch == 2
 
-    result = train(
-        _mlp(), _blobs(), TrainConfig(epochs=5, batch_size=64), on_epoch_end=stop_after_two
-    )
+    result = train(_mlp(), _blobs(), TrainConfig(epochs=5, batch_size=64), on_epoch_end=stop_after_two)
     assert [r.epoch for r in seen] == [1, 2]
     assert result.epochs_completed == 2 and not result.diverged
     assert result.aborted_reason == "stopped by the on_epoch_end callback after epoch 2 of 5"
@@ -361,18 +388,14 @@ def _zhu_gupta(t: int, s_i: float, s_f: float, t0: int, n_dt: int) -> float:
 def test_cubic_sparsity_follows_zhu_and_gupta() -> None:
     for t in (0, 10, 13, 40, 70, 99):
         expected = _zhu_gupta(t, 0.1, 0.9, 10, 60)
-        got = cubic_sparsity(
-            t, initial_sparsity=0.1, final_sparsity=0.9, begin_step=10, end_step=70
-        )
+        got = cubic_sparsity(t, initial_sparsity=0.1, final_sparsity=0.9, begin_step=10, end_step=70)
         assert got == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_pruning_density_follows_the_cubic_schedule_step_by_step(scope: str) -> None:
     model = _mlp()
-    phase = GradualMagnitudePruningPhase(
-        0.8, start_fraction=0.1, end_fraction=0.6, update_every_steps=5, scope=scope
-    )
+    phase = GradualMagnitudePruningPhase(0.8, start_fraction=0.1, end_fraction=0.6, update_every_steps=5, scope=scope)
     phase.on_train_start(model, total_steps=100)  # t0 = 10, n * dt = 50
     n_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     density_after: dict[int, float] = {}
@@ -402,9 +425,7 @@ def test_pruning_phase_in_training_leaves_zeros_in_the_trained_state() -> None:
     zeros = sum(int((w == 0).sum()) for w in weights)
     total = sum(w.numel() for w in weights)
     assert zeros == round(0.75 * total)
-    assert result.phase_metrics["GradualMagnitudePruningPhase.density"] == pytest.approx(
-        0.25, abs=1e-3
-    )
+    assert result.phase_metrics["GradualMagnitudePruningPhase.density"] == pytest.approx(0.25, abs=1e-3)
     assert result.history[0].phase_metrics["GradualMagnitudePruningPhase.density"] < 1.0
     assert result.val_accuracy > 0.9
 
@@ -471,3 +492,29 @@ def test_bad_pruning_phase_and_too_few_samples_are_rejected() -> None:
         )
     with pytest.raises(TrainingConfigError, match="no trainable parameters"):
         train(nn.Identity(), _blobs(), TrainConfig(batch_size=32))
+
+
+def test_layerwise_pruning_schedule_drives_each_layer_to_its_own_target():
+    from search_spaces.compression import make_linear
+    from sparse_nas.datasets import DatasetConfig, load_dataset
+    from sparse_nas.training import LayerwisePruningSchedulePhase, TrainConfig, train
+
+    torch.manual_seed(0)
+    splits = load_dataset(DatasetConfig("digits", seed=0))
+    model = nn.Sequential(
+        nn.Flatten(),
+        make_linear("magnitude_pruning", 64, 32, density=0.2),
+        nn.ReLU(),
+        make_linear("doped_kronecker", 32, 10, doping_density=0.1),
+    )
+    phase = LayerwisePruningSchedulePhase(start_fraction=0.0, end_fraction=0.5, update_every_steps=5)
+    result = train(model, splits, TrainConfig(epochs=4, batch_size=64, lr=5e-3, seed=0), phases=[phase])
+    assert result.aborted_reason is None
+    pruned, doped = model[1], model[3]
+    assert pruned.density == pytest.approx(0.2, abs=1 / pruned.mask.numel())
+    assert doped.density == pytest.approx(0.1, abs=1 / doped.mask.numel())
+    # Mid-schedule the cubic formula holds: half-way, density = t + (1 - t) (1 - 1/2)^3.
+    half = (phase.begin_step + phase.end_step) // 2
+    frac = 1 - (half - phase.begin_step) / (phase.end_step - phase.begin_step)
+    assert phase.density_at(pruned, half) == pytest.approx(0.2 + 0.8 * frac**3)
+    assert result.val_accuracy > 0.5
