@@ -78,6 +78,14 @@ def _sparse_counts(w: WeightView) -> tuple[Any, Any]:
     return nnz, idx
 
 
+def _sparse_bytes(w: WeightView) -> tuple[Any, Any]:
+    """(bytes as stored sparse, whether storing it dense is smaller or equal)."""
+    values, idx = _sparse_counts(w)
+    sparse = packed_bytes(values, w.bits) + idx
+    dense = packed_bytes(w.rows * w.cols, w.bits)
+    return sparse, dense <= sparse
+
+
 def params(w: WeightView) -> Any:
     """Stored parameters of the structure (sparse: the dense count, before pruning)."""
     m, n, f = w.rows, w.cols, w.fields
@@ -107,8 +115,10 @@ def nonzero(w: WeightView) -> Any:
 def storage_bytes(w: WeightView) -> Any:
     """Bytes in the model file: values packed at `bits` plus sparse index overhead."""
     if w.kind == "sparse":
-        values, idx = _sparse_counts(w)
-        return packed_bytes(values, w.bits) + idx
+        # A deployment never stores a sparse matrix larger than its dense form: past
+        # that density it stores (and multiplies) the dense matrix.
+        sparse, as_dense = _sparse_bytes(w)
+        return np.where(as_dense, packed_bytes(w.rows * w.cols, w.bits), sparse)
     if w.kind == "kronecker":
         # Doping non-zeros are stored in CSR over the full matrix.
         d = w.fields["doping_nonzeros"]
@@ -136,7 +146,8 @@ def matvec_macs(w: WeightView) -> Any:
         case "dense":
             return m * n
         case "sparse":
-            return _sparse_counts(w)[0]
+            # Stored dense (see storage_bytes), it runs the dense kernel.
+            return np.where(_sparse_bytes(w)[1], m * n, _sparse_counts(w)[0])
         case "low_rank":
             return f["rank"] * (m + n)
         case "kronecker":

@@ -297,3 +297,16 @@ def test_fits_flags(device):
     r = estimate(single_layer(lambda b, x: b.conv2d(x, 64, 3), (32, 32, 3)), tiny)
     assert r.fits_flash and not r.fits_sram
     assert r.to_dict()["fits_sram"] is False
+
+
+def test_sparse_weights_denser_than_their_break_even_are_stored_dense(device):
+    # CSR at 90% of a 12 x 8 matrix: 86 values + 86 indices + 13 pointers > 96 dense bytes,
+    # so a deployment stores (and multiplies) it dense; at 100% it is exactly Dense.
+    def linear(structure):
+        net = single_layer(lambda b, x: b.linear(x, 12, bias=False, structure=structure), (8,))
+        return layer(estimate(net, device, "tflm"))
+
+    dense, nearly, full = linear(None), linear(Sparse(0.9)), linear(Sparse(1.0))
+    assert nearly.model_bytes == full.model_bytes == dense.model_bytes
+    assert nearly.macs == full.macs == dense.macs == 96
+    assert nearly.nonzero_params == 86

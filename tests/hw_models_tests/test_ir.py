@@ -147,5 +147,5 @@ def test_worked_example_hand_counts(device):
     assert list(layers) == ["conv1", "dw1", "pw1", "res1", "gap", "fc", "probs"]
     assert (layers["conv1"].params, layers["conv1"].macs) == (328, 40_000)
     assert (layers["dw1"].params, layers["dw1"].macs) == (80, 9_000)
-    assert (layers["pw1"].nonzero_params, layers["pw1"].macs, layers["pw1"].fused) == (40, 4_000, ("bn1",))
+    assert (layers["pw1"].nonzero_params, layers["pw1"].macs, layers["pw1"].fused) == (24, 2_000, ("bn1",))
     assert (layers["fc"].params, layers["fc"].macs) == (34, 56)
