@@ -17,6 +17,7 @@ from search_spaces.compression._kronecker import (
     kronecker_factors,
 )
 from search_spaces.compression._lowrank import LowRankLinear
+from search_spaces.compression._pruned_conv import MaskedConv2d
 from search_spaces.compression._pruning import LearnedThresholdLinear, MagnitudePrunedLinear, cubic_density
 from search_spaces.compression._registry import compression_methods, make_linear, register_compression
 from search_spaces.compression._structured import (
@@ -38,6 +39,7 @@ __all__ = [
     "LearnedThresholdLinear",
     "LowRankLinear",
     "MagnitudePrunedLinear",
+    "MaskedConv2d",
     "StructuredPruningError",
     "channel_importance",
     "compression_methods",

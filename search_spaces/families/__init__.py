@@ -1,0 +1,31 @@
+"""Model families (search spaces), one per file, registered by a decorator at its bottom."""
+
+from search_spaces.families._base import (
+    BaseSearchSpace,
+    InvalidSearchSpaceError,
+    OptionSpec,
+    get_search_space,
+    iter_search_spaces,
+    register_search_space,
+    search_space_class,
+    search_space_names,
+    suggest,
+)
+from search_spaces.families._knobs import METHODS, make_compressed_linear
+
+# Each family registers itself on import (timm style: one file per family).
+from search_spaces.families import sparse_cnn  # noqa: F401  isort: skip
+
+__all__ = [
+    "METHODS",
+    "BaseSearchSpace",
+    "InvalidSearchSpaceError",
+    "OptionSpec",
+    "get_search_space",
+    "iter_search_spaces",
+    "make_compressed_linear",
+    "register_search_space",
+    "search_space_class",
+    "search_space_names",
+    "suggest",
+]
