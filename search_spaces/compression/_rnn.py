@@ -102,6 +102,8 @@ class BaseCompressedRNN(nn.Module, abc.ABC):
     """G: gates per hidden unit (rows of a gate matrix are G H)."""
     OP_KIND: ClassVar[str]
     """The hw_models op kind of one layer and direction."""
+    STATE_TENSORS: ClassVar[int]
+    """Tensors in the recurrent state: LSTM (h, c) 2, GRU (h) 1."""
 
     def __init__(
         self,
@@ -165,10 +167,6 @@ class BaseCompressedRNN(nn.Module, abc.ABC):
             Hidden states per step (T, N, H) in input time order, and the final state.
         """
 
-    @abc.abstractmethod
-    def _state_size(self) -> int:
-        """Tensors in the recurrent state: LSTM (h, c) 2, GRU (h) 1."""
-
     # --- shared ---------------------------------------------------------------------
 
     def _run(
@@ -190,7 +188,7 @@ class BaseCompressedRNN(nn.Module, abc.ABC):
         layers_by_dir = self.num_layers * self.num_directions
         if hx is None:
             zeros = x.new_zeros(layers_by_dir, batch, self.hidden_size)
-            states = tuple(zeros for _ in range(self._state_size()))
+            states = tuple(zeros for _ in range(self.STATE_TENSORS))
         else:
             expected = (layers_by_dir, self.hidden_size) if unbatched else (layers_by_dir, batch, self.hidden_size)
             for i, h in enumerate(hx):
@@ -209,7 +207,7 @@ class BaseCompressedRNN(nn.Module, abc.ABC):
             x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if layer + 1 < self.num_layers:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-        final_states = tuple(torch.stack([f[i] for f in finals]) for i in range(self._state_size()))
+        final_states = tuple(torch.stack([f[i] for f in finals]) for i in range(self.STATE_TENSORS))
         if unbatched:
             return x.squeeze(1), tuple(s.squeeze(1) for s in final_states)
         return (x.transpose(0, 1) if self.batch_first else x), final_states
@@ -325,6 +323,7 @@ class CompressedLSTM(BaseCompressedRNN):
 
     GATES = 4
     OP_KIND = OpKind.LSTM
+    STATE_TENSORS = 2
 
     def forward(
         self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -334,9 +333,6 @@ class CompressedLSTM(BaseCompressedRNN):
             raise InvalidRNNInputError("hx: an LSTM takes the initial state as a tuple (h_0, c_0)")
         output, (h_n, c_n) = self._run(input, None if hx is None else tuple(hx))
         return output, (h_n, c_n)
-
-    def _state_size(self) -> int:
-        return 2
 
     def _extra_bias_parameters(self) -> int:
         return 0
@@ -392,6 +388,7 @@ class CompressedGRU(BaseCompressedRNN):
 
     GATES = 3
     OP_KIND = OpKind.GRU
+    STATE_TENSORS = 1
 
     def __init__(
         self,
@@ -422,9 +419,6 @@ class CompressedGRU(BaseCompressedRNN):
             raise InvalidRNNInputError("hx: a GRU takes the initial state as one tensor h_0")
         output, (h_n,) = self._run(input, None if hx is None else (hx,))
         return output, h_n
-
-    def _state_size(self) -> int:
-        return 1
 
     def _extra_bias_parameters(self) -> int:
         return sum(b.numel() for b in self.b_hn)

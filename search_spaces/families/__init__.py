@@ -15,6 +15,9 @@ from search_spaces.families._knobs import METHODS, make_compressed_linear
 
 # Each family registers itself on import (timm style: one file per family).
 from search_spaces.families import sparse_cnn  # noqa: F401  isort: skip
+from search_spaces.families import mbv2  # noqa: F401  isort: skip
+from search_spaces.families import rnn  # noqa: F401  isort: skip
+from search_spaces.families import ds_cnn  # noqa: F401  isort: skip
 
 __all__ = [
     "METHODS",

@@ -42,6 +42,38 @@ class OptionSpec:
     """Returns an error sentence for a bad value, or None."""
 
 
+def int_range(value: Any) -> str | None:
+    """Option check: `[low, high]` integers with 1 <= low <= high."""
+    ok = isinstance(value, list | tuple) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    )
+    if not ok or not 1 <= value[0] <= value[1]:
+        return f"expected [low, high] with 1 <= low <= high, got {value!r}"
+    return None
+
+
+def subset_of(valid: Sequence[str]) -> Callable[[Any], str | None]:
+    """Option check: a non-empty list drawn from `valid`."""
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list | tuple) or not value or any(v not in valid for v in value):
+            return f"expected a non-empty list drawn from {list(valid)}, got {value!r}"
+        return None
+
+    return check
+
+
+def between(low: int, high: int) -> Callable[[Any], str | None]:
+    """Option check: an integer in [low, high]."""
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"expected an integer in [{low}, {high}], got {value!r}"
+        return None
+
+    return check
+
+
 class BaseSearchSpace(abc.ABC):
     """A model family. Subclasses set `name`, `option_specs` and the abstract methods.
 
@@ -111,8 +143,13 @@ class BaseSearchSpace(abc.ABC):
                 f"params: {self.name!r} needs exactly its parameters; missing {missing}, unknown {unknown}"
             )
         for name, dist in dists.items():
-            if not dist._contains(dist.to_internal_repr(params[name])):
-                raise InvalidSearchSpaceError(f"params.{name}: {params[name]!r} is outside {dist}")
+            value = params[name]
+            if isinstance(dist, CategoricalDistribution):
+                inside = value in dist.choices
+            else:
+                inside = isinstance(value, int | float) and not isinstance(value, bool) and dist._contains(value)
+            if not inside:
+                raise InvalidSearchSpaceError(f"params.{name}: {value!r} is outside {dist}")
         return dict(params)
 
     @abc.abstractmethod
@@ -155,6 +192,13 @@ class BaseSearchSpace(abc.ABC):
             return (h, w, c)
         return self.input_shape
 
+    def network_input_shape(self, params: Params) -> tuple[Any, ...]:
+        """The hw network's input shape for `params` (entries may be arrays in a batch).
+
+        The dataset's shape by default; a family that resizes its input overrides it.
+        """
+        return self.hw_input_shape()
+
     def activation_bits(self, params: Params) -> int:
         """Bits of the deployed activations (8 when quantised); families searching it override."""
         return 8
@@ -162,7 +206,7 @@ class BaseSearchSpace(abc.ABC):
     def to_network(self, params: Params) -> NetworkSpec:
         """The hw_models network of one point (planned: densities at their targets)."""
         params = self.check_params(params)
-        b = NetworkBuilder(self.name, self.hw_input_shape(), bits=self.activation_bits(params))
+        b = NetworkBuilder(self.name, self.network_input_shape(params), bits=self.activation_bits(params))
         return b.build([self.describe(b, params)])
 
     def network_from_model(self, model: nn.Module, params: Params) -> NetworkSpec:
@@ -200,7 +244,7 @@ class BaseSearchSpace(abc.ABC):
         for rows in groups.values():
             group = [candidates[i] for i in rows]
             stacked = {k: _stack([p[k] for p in group]) for k in group[0]}
-            b = NetworkBuilder(self.name, self.hw_input_shape(), bits=self.activation_bits(group[0]))
+            b = NetworkBuilder(self.name, self.network_input_shape(stacked), bits=self.activation_bits(group[0]))
             out = self.describe(b, stacked)
             batch = b.build_batch([out])
             batch.size = len(rows)

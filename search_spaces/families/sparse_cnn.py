@@ -24,7 +24,15 @@ from torch import nn
 
 from hw_models import NetworkBuilder, Sparse
 from search_spaces.compression import MaskedConv2d
-from search_spaces.families._base import BaseSearchSpace, OptionSpec, Params, register_search_space
+from search_spaces.families._base import (
+    BaseSearchSpace,
+    OptionSpec,
+    Params,
+    between,
+    int_range,
+    register_search_space,
+    subset_of,
+)
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, make_compressed_linear, structure
 from search_spaces.quantization import prepare_qat
 
@@ -32,29 +40,10 @@ DOWNSAMPLE = ("none", "stride", "max", "avg")
 MIN_DENSITY = 0.05
 
 
-def _int_range(value: Any) -> str | None:
-    ok = isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)
-    if not ok or not 1 <= value[0] <= value[1]:
-        return f"expected [low, high] with 1 <= low <= high, got {value!r}"
-    return None
 
 
-def _subset_of(valid: tuple[str, ...]) -> Any:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, list | tuple) or not value or any(v not in valid for v in value):
-            return f"expected a non-empty list drawn from {list(valid)}, got {value!r}"
-        return None
-
-    return check
 
 
-def _between(low: int, high: int) -> Any:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, int) or not low <= value <= high:
-            return f"expected an integer in [{low}, {high}], got {value!r}"
-        return None
-
-    return check
 
 
 @register_search_space
@@ -72,12 +61,12 @@ class SparseCNNSpace(BaseSearchSpace):
 
     name = "sparse_cnn"
     option_specs = (
-        OptionSpec("max_conv_blocks", 4, "maximum number of conv blocks (1-4)", _between(1, 4)),
-        OptionSpec("channels", [4, 64], "[low, high] output channels of a conv block, in steps of 4", _int_range),
-        OptionSpec("max_dense_layers", 2, "maximum hidden dense layers (0-2)", _between(0, 2)),
-        OptionSpec("dense_units", [16, 256], "[low, high] units of a hidden dense layer", _int_range),
-        OptionSpec("methods", list(METHODS), "compression methods allowed for dense layers", _subset_of(METHODS)),
-        OptionSpec("quantization", ["int8"], "deployment precisions searched", _subset_of(("int8", "float32"))),
+        OptionSpec("max_conv_blocks", 4, "maximum number of conv blocks (1-4)", between(1, 4)),
+        OptionSpec("channels", [4, 64], "[low, high] output channels of a conv block, in steps of 4", int_range),
+        OptionSpec("max_dense_layers", 2, "maximum hidden dense layers (0-2)", between(0, 2)),
+        OptionSpec("dense_units", [16, 256], "[low, high] units of a hidden dense layer", int_range),
+        OptionSpec("methods", list(METHODS), "compression methods allowed for dense layers", subset_of(METHODS)),
+        OptionSpec("quantization", ["int8"], "deployment precisions searched", subset_of(("int8", "float32"))),
     )
 
     def distributions(self) -> dict[str, BaseDistribution]:

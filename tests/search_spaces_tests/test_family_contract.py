@@ -129,6 +129,13 @@ def test_bad_options_and_params_name_the_field(space):
         space.check_params({k: v for k, v in params.items() if k != name})
 
 
+def test_out_of_range_params_name_the_field(space):
+    for name, dist in space.distributions().items():
+        bad = "not-a-choice" if isinstance(dist, optuna.distributions.CategoricalDistribution) else dist.high + 10**6
+        with pytest.raises(families.InvalidSearchSpaceError, match=rf"params\.{name}: "):
+            space.check_params(space.smallest() | {name: bad})
+
+
 def test_smallest_is_inside_the_space(space):
     space.check_params(space.smallest())
     assert np.isfinite(estimate(space.to_network(space.smallest()), "stm32f446re").latency_ms)
