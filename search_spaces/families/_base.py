@@ -22,6 +22,7 @@ from torch import nn
 from hw_models import BatchCostReport, DeviceSpec, NetworkBuilder, NetworkSpec, estimate_batch
 from hw_models.runtimes import RuntimeProfile
 from search_spaces.errors import SearchSpaceError
+from search_spaces.quantization import prepare_qat
 
 Params = Mapping[str, Any]
 COST_METRICS = ("flash_bytes", "sram_bytes", "macs", "latency_ms", "energy_mj")
@@ -200,8 +201,14 @@ class BaseSearchSpace(abc.ABC):
         return self.hw_input_shape()
 
     def activation_bits(self, params: Params) -> int:
-        """Bits of the deployed activations (8 when quantised); families searching it override."""
-        return 8
+        """Bits of deployed weights and activations: 8 for `quantization` int8 (the default)."""
+        return 8 if params.get("quantization", "int8") == "int8" else 32
+
+    def quantize_if_int8(self, model: nn.Module, params: Params) -> nn.Module:
+        """Prepare `model` for quantisation-aware training when the point is int8."""
+        if self.activation_bits(params) == 8:
+            prepare_qat(model, bits=8)
+        return model
 
     def to_network(self, params: Params) -> NetworkSpec:
         """The hw_models network of one point (planned: densities at their targets)."""

@@ -38,7 +38,6 @@ from search_spaces.families._base import (
     subset_of,
 )
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, knobs, make_compressed_linear, structure
-from search_spaces.quantization import prepare_qat
 
 DW_KERNELS = (3, 5)
 STEM_KERNELS = ("10x4", "5x3", "3x3")
@@ -198,8 +197,6 @@ class DSCNNSpace(BaseSearchSpace):
         best = min(range(len(candidates)), key=lambda j: (report.flash_bytes[j], report.macs[j]))
         return candidates[best]
 
-    def activation_bits(self, params: Params) -> int:
-        return 8 if params["quantization"] == "int8" else 32
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
         """Depth, precision, and per active block its pointwise method and whether it adds."""
@@ -247,9 +244,7 @@ class DSCNNSpace(BaseSearchSpace):
         layers["flatten"] = nn.Flatten()
         layers["classifier"] = nn.Linear(c_in, self.num_classes)
         model = nn.Sequential(OrderedDict(layers))
-        if p["quantization"] == "int8":
-            prepare_qat(model, bits=8)
-        return model
+        return self.quantize_if_int8(model, p)
 
     # --- hw_models --------------------------------------------------------------------
 

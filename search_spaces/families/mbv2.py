@@ -48,7 +48,6 @@ from search_spaces.families._base import (
     register_search_space,
 )
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, make_compressed_linear, structure
-from search_spaces.quantization import prepare_qat
 
 STEM_CHANNELS = 32
 # (base output channels, stride of the stage's first block): MobileNetV2 Table 2, rows 2-6.
@@ -203,8 +202,6 @@ class MobileNetV2Space(BaseSearchSpace):
         best = min(range(len(candidates)), key=lambda j: (report.flash_bytes[j], report.macs[j]))
         return candidates[best]
 
-    def activation_bits(self, params: Params) -> int:
-        return 8 if params["quantization"] == "int8" else 32
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
         key: list[Any] = [params["quantization"]]
@@ -251,9 +248,7 @@ class MobileNetV2Space(BaseSearchSpace):
         layers["flatten"] = nn.Flatten()
         layers["classifier"] = nn.Linear(c_last, self.num_classes)
         model = nn.Sequential(OrderedDict(layers))
-        if p["quantization"] == "int8":
-            prepare_qat(model, bits=8)
-        return model
+        return self.quantize_if_int8(model, p)
 
     # --- hw_models --------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from search_spaces.families._base import (
     subset_of,
 )
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, knobs, make_compressed_linear, structure
-from search_spaces.quantization import QuantizedLayer, prepare_qat
+from search_spaces.quantization import QuantizedLayer
 
 CELLS: dict[str, type[BaseCompressedRNN]] = {"lstm": CompressedLSTM, "gru": CompressedGRU}
 REFERENCE_DEVICE = "stm32f446re"
@@ -211,8 +211,6 @@ class RNNSpace(BaseSearchSpace):
         ]
         return super().corner_candidates() + extra
 
-    def activation_bits(self, params: Params) -> int:
-        return 8 if params["quantization"] == "int8" else 32
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
         key: list[Any] = [params["cell"], params["n_layers"], params["n_dense"], params["quantization"]]
@@ -245,9 +243,7 @@ class RNNSpace(BaseSearchSpace):
             features = units
         head["classifier"] = nn.Linear(features, self.num_classes)
         model = RecurrentClassifier(rnns, nn.Sequential(OrderedDict(head)))
-        if p["quantization"] == "int8":
-            prepare_qat(model, bits=8)
-        return model
+        return self.quantize_if_int8(model, p)
 
     # --- hw_models --------------------------------------------------------------------
 

@@ -34,7 +34,6 @@ from search_spaces.families._base import (
     subset_of,
 )
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, make_compressed_linear, structure
-from search_spaces.quantization import prepare_qat
 
 DOWNSAMPLE = ("none", "stride", "max", "avg")
 MIN_DENSITY = 0.05
@@ -101,8 +100,6 @@ class SparseCNNSpace(BaseSearchSpace):
             p |= {f"dense{j}_units": o["dense_units"][0], f"dense{j}_method": cheapest, f"dense{j}_level": MAX_LEVEL}
         return p
 
-    def activation_bits(self, params: Params) -> int:
-        return 8 if params["quantization"] == "int8" else 32
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
         key: list[Any] = [params["n_conv"], params["n_dense"], params["quantization"]]
@@ -145,9 +142,7 @@ class SparseCNNSpace(BaseSearchSpace):
             features = units
         layers["classifier"] = nn.Linear(features, self.num_classes)
         model = nn.Sequential(OrderedDict(layers))
-        if p["quantization"] == "int8":
-            prepare_qat(model, bits=8)
-        return model
+        return self.quantize_if_int8(model, p)
 
     # --- hw_models --------------------------------------------------------------------
 
