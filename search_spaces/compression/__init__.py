@@ -3,7 +3,8 @@
 Every method is a `BaseCompressedLinear` registered by name (`compression_methods()`):
 dense, magnitude_pruning, learned_threshold, low_rank, kronecker, hybrid_kronecker,
 doped_kronecker, hmd. `make_linear(method, ...)` builds one; `CompressedConv1x1`
-applies any of them as a 1x1 convolution. Structured (channel) pruning is in
+applies any of them as a 1x1 convolution; `CompressedLSTM` / `CompressedGRU` take one
+per gate matrix. Structured (channel) pruning is in
 `prune_channels`; quantisation in `search_spaces.quantization`.
 """
 
@@ -20,6 +21,14 @@ from search_spaces.compression._lowrank import LowRankLinear
 from search_spaces.compression._pruned_conv import MaskedConv2d
 from search_spaces.compression._pruning import LearnedThresholdLinear, MagnitudePrunedLinear, cubic_density
 from search_spaces.compression._registry import compression_methods, make_linear, register_compression
+from search_spaces.compression._rnn import (
+    BaseCompressedRNN,
+    CompressedGRU,
+    CompressedLSTM,
+    GateMatrixFactory,
+    GateMatrixSpec,
+    InvalidRNNInputError,
+)
 from search_spaces.compression._structured import (
     StructuredPruningError,
     channel_importance,
@@ -30,11 +39,17 @@ from search_spaces.compression._structured import (
 
 __all__ = [
     "BaseCompressedLinear",
+    "BaseCompressedRNN",
     "CompressedConv1x1",
+    "CompressedGRU",
+    "CompressedLSTM",
     "DenseLinear",
     "DopedKroneckerLinear",
+    "GateMatrixFactory",
+    "GateMatrixSpec",
     "HMDLinear",
     "HybridKroneckerLinear",
+    "InvalidRNNInputError",
     "KroneckerLinear",
     "LearnedThresholdLinear",
     "LowRankLinear",

@@ -96,6 +96,10 @@ class BaseCompressedRNN(nn.Module, abc.ABC):
       the `nonzero_params` hw_models reports for `to_network`'s layers.
     - x W_ih^T is computed for all T steps in one call before the time loop (the input
       path does not depend on h), then each step applies W_hh to the previous state.
+    - Gate matrices may be wrapped after construction (`prepare_qat` of
+      search_spaces.quantization swaps in `QuantizedLayer`s for int8 training); only
+      their forward, `in_features`, `out_features`, `bias`, `weight_bits`,
+      `weight_structure()` and `stored_parameters()` are used.
     """
 
     GATES: ClassVar[int]
