@@ -32,6 +32,7 @@ from sparse_nas.datasets._registry import (
     OptionSpec,
     available_datasets,
     dataset_info,
+    input_shape_for,
 )
 from sparse_nas.datasets._types import DatasetSplits, Normalization, TensorSplit
 
@@ -49,5 +50,6 @@ __all__ = [
     "available_datasets",
     "dataset_info",
     "download_dataset",
+    "input_shape_for",
     "load_dataset",
 ]

@@ -75,6 +75,12 @@ def _check_options(options: Mapping[str, Any]) -> None:
             )
 
 
+def _input_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
+    per_frame = options["n_mfcc"] if options["features"] == "mfcc" else options["n_mels"]
+    frames = (options["frames"], per_frame)
+    return (1, *frames) if options["layout"] == "image" else frames
+
+
 def read_wav_pcm16(path: Path, data_dir: Path) -> np.ndarray:
     """Samples of an 8 kHz mono 16-bit PCM wav file, int16.
 
@@ -200,4 +206,5 @@ register_dataset(
         listing_sha256="04e1baae96c6a26e39c623f2b01d0182ddae627ba0ac02a3cdc17ba2af99fd9b",
     ),
     check_options=_check_options,
+    input_shape=_input_shape,
 )

@@ -91,6 +91,11 @@ def _read_split(root: Path, split: str, data_dir: Path) -> tuple[np.ndarray, np.
     return np.stack(channels, axis=-1), y - 1
 
 
+def _input_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
+    steps = (_STEPS, len(_SIGNALS))
+    return (1, *steps) if options["layout"] == "image" else steps
+
+
 def _load(data_dir: Path | None, options: Mapping[str, Any]) -> RawDataset:
     data_dir = require_data_dir(_NAME, data_dir)
     root = data_dir / _FOLDER
@@ -126,4 +131,5 @@ register_dataset(
         license="CC BY 4.0",
     ),
     _load,
+    input_shape=_input_shape,
 )

@@ -160,6 +160,9 @@ Loader = Callable[[Path | None, Mapping[str, Any]], RawDataset]
 OptionsCheck = Callable[[Mapping[str, Any]], None]
 """Checks rules between options (raises :class:`DatasetError`)."""
 
+ShapeFn = Callable[[Mapping[str, Any]], tuple[int, ...]]
+"""Per-sample input shape from resolved options, computed without reading any file."""
+
 
 @dataclass(frozen=True)
 class _Entry:
@@ -167,6 +170,7 @@ class _Entry:
     loader: Loader
     download: BaseDownload | None
     check_options: OptionsCheck | None
+    input_shape: ShapeFn | None
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -178,6 +182,7 @@ def register_dataset(
     *,
     download: BaseDownload | None = None,
     check_options: OptionsCheck | None = None,
+    input_shape: ShapeFn | None = None,
 ) -> None:
     """Add a dataset to the registry.
 
@@ -186,6 +191,8 @@ def register_dataset(
         loader: Reads the original files (see :data:`Loader`).
         download: How to fetch and verify the original files, if they can be.
         check_options: Checks rules between options, beyond each option's own spec.
+        input_shape: The per-sample shape the loader produces for given options, for
+            datasets whose options change it; ``None`` means always ``info.input_shape``.
 
     Raises:
         DatasetError: The name is already registered.
@@ -193,7 +200,7 @@ def register_dataset(
     if info.name in _REGISTRY:
         raise DatasetError(f"dataset {info.name!r} is already registered")
     info = replace(info, downloadable=download is not None)
-    _REGISTRY[info.name] = _Entry(info, loader, download, check_options)
+    _REGISTRY[info.name] = _Entry(info, loader, download, check_options, input_shape)
 
 
 def available_datasets() -> list[str]:
@@ -245,6 +252,26 @@ def resolve_options(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     if entry.check_options is not None:
         entry.check_options(resolved)
     return resolved
+
+
+def input_shape_for(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+    """The per-sample input shape (torch layout) of dataset ``name`` with ``options``.
+
+    Computed from the options alone, without reading the data: a job spec is checked
+    against its search space before anything is loaded.
+
+    Example:
+        >>> input_shape_for("fsdd", {"layout": "sequence"})
+        (49, 10)
+
+    Raises:
+        DatasetError: Unknown dataset or option, or a bad option value.
+    """
+    resolved = resolve_options(name, options or {})
+    entry = get_entry(name)
+    if entry.input_shape is None:
+        return entry.info.input_shape
+    return entry.input_shape(resolved)
 
 
 def how_to_obtain(name: str, data_dir: str | os.PathLike[str]) -> str:
