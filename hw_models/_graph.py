@@ -15,6 +15,7 @@ from hw_models import _weights as W
 from hw_models._ops import BN_FOLDING_OPS, FUSING_OPS, RNN_GATES, OpView, rule
 from hw_models.errors import InvalidNetworkError, UnsupportedLayerError
 from hw_models.ir import (
+    STRUCTURES,
     VALID_BITS,
     HybridKronecker,
     Kronecker,
@@ -190,6 +191,11 @@ def _check_weights(layer: LayerSpec, where: str, allow_structured: bool) -> None
             raise InvalidNetworkError(f"{wh}.bits: expected one of {list(VALID_BITS)}, got {w.bits}")
         if not w.shape or any(d <= 0 for d in w.shape):
             raise InvalidNetworkError(f"{wh}.shape: dimensions must be positive, got {list(w.shape)}")
+        if not isinstance(w.structure, tuple(STRUCTURES.values())):
+            raise InvalidNetworkError(
+                f"{wh}.structure: expected one of {sorted(STRUCTURES)}, got {type(w.structure).__name__} "
+                "(a Mixed structure exists only in batches)"
+            )
         if w.structure.kind not in ("dense", "sparse") and not allow_structured:
             raise UnsupportedLayerError(
                 f"{wh}.structure: {w.structure.kind!r} is not supported for op {layer.op!r} "

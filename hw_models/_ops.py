@@ -236,15 +236,20 @@ def structure_scratch_bytes(v: OpView) -> Any:
     separate tensor when the layer runs as two ops). Kronecker: the int32 (m2 x n1)
     product of the vec trick. HMD: one int32 dot product per rank-1 block.
     """
+
+    def one(w: W.WeightView) -> Any:
+        if w.kind == "low_rank":
+            return _positions(v) * W.packed_bytes(w.fields["rank"], v.out_bits)
+        if w.kind in ("kronecker", "hybrid_kronecker"):
+            (_, n1), (m2, _) = w.fields["factors"]
+            return m2 * n1 * INT32_BYTES
+        if w.kind == "hmd":
+            return w.fields["rank1_blocks"] * INT32_BYTES
+        return 0
+
     total: Any = 0
     for w in v.weights.values():
-        if w.kind == "low_rank":
-            total = total + _positions(v) * W.packed_bytes(w.fields["rank"], v.out_bits)
-        elif w.kind in ("kronecker", "hybrid_kronecker"):
-            (_, n1), (m2, _) = w.fields["factors"]
-            total = total + m2 * n1 * INT32_BYTES
-        elif w.kind == "hmd":
-            total = total + w.fields["rank1_blocks"] * INT32_BYTES
+        total = total + W.by_kind(w, one)
     return total
 
 

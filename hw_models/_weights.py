@@ -2,12 +2,16 @@
 
 Every function takes a `WeightView` whose numbers may be Python ints or numpy arrays
 (one entry per network of a batch), so single-network and batch costing share these
-formulas. The matrix view is m rows x n cols (see hw_models.ir).
+formulas. In a batch the kind may be an array too (from `hw_models.ir.Mixed`): each
+function then evaluates every kind present on the whole batch and keeps, row by row,
+the result of that row's kind. The matrix view is m rows x n cols (see hw_models.ir).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,13 +37,49 @@ def packed_bytes(count: Any, bits: Any) -> Any:
 
 @dataclass
 class WeightView:
-    """A weight as the formulas see it; numbers may be ints or equal-length arrays."""
+    """A weight as the formulas see it; numbers may be ints or equal-length arrays.
+
+    `kind` is a structure kind name, or an (N,) array of them for a batch of mixed
+    structures; `fields` then holds the union of those structures' fields.
+    """
 
     rows: Any
     cols: Any
     bits: Any
-    kind: str
+    kind: str | np.ndarray
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+def by_kind(w: WeightView, formula: Callable[[WeightView], Any]) -> Any:
+    """`formula(w)`, row by row with each row's own kind when `w.kind` is an array.
+
+    Every kind present is evaluated on the whole batch (the fields other kinds use hold
+    valid filler values there) and `np.where` keeps each row's own result, so entry i
+    equals the formula of row i's kind on row i.
+    """
+    if isinstance(w.kind, str):
+        return formula(w)
+    out: Any = 0
+    for kind in np.unique(w.kind):
+        out = np.where(w.kind == kind, formula(replace(w, kind=str(kind))), out)
+    return out
+
+
+def is_kind(w: WeightView, kinds: Collection[str]) -> bool | np.ndarray:
+    """Whether the structure is one of `kinds`; an (N,) mask for an array of kinds."""
+    if isinstance(w.kind, str):
+        return w.kind in kinds
+    return np.isin(w.kind, list(kinds))
+
+
+def _per_row_kind(formula: Callable[[WeightView], Any]) -> Callable[[WeightView], Any]:
+    """Make a single-kind formula accept an array of kinds (see `by_kind`)."""
+
+    @functools.wraps(formula)
+    def wrapper(w: WeightView) -> Any:
+        return by_kind(w, formula)
+
+    return wrapper
 
 
 def _kron_params(f: Any) -> Any:
@@ -86,6 +126,7 @@ def _sparse_bytes(w: WeightView) -> tuple[Any, Any]:
     return sparse, dense <= sparse
 
 
+@_per_row_kind
 def params(w: WeightView) -> Any:
     """Stored parameters of the structure (sparse: the dense count, before pruning)."""
     m, n, f = w.rows, w.cols, w.fields
@@ -105,6 +146,7 @@ def params(w: WeightView) -> Any:
     raise UnsupportedLayerError(f"unknown weight structure {w.kind!r}")
 
 
+@_per_row_kind
 def nonzero(w: WeightView) -> Any:
     """Stored non-zero values (all of them for factorised structures)."""
     if w.kind == "sparse":
@@ -112,6 +154,7 @@ def nonzero(w: WeightView) -> Any:
     return params(w)
 
 
+@_per_row_kind
 def storage_bytes(w: WeightView) -> Any:
     """Bytes in the model file: values packed at `bits` plus sparse index overhead."""
     if w.kind == "sparse":
@@ -132,6 +175,7 @@ def storage_bytes(w: WeightView) -> Any:
     return packed_bytes(params(w), w.bits)
 
 
+@_per_row_kind
 def stored_arrays(w: WeightView) -> Any:
     """How many separate arrays (model-file tensors) the structure is stored as."""
     if w.kind == "kronecker":
@@ -139,6 +183,7 @@ def stored_arrays(w: WeightView) -> Any:
     return {"dense": 1, "sparse": 1, "low_rank": 2, "hybrid_kronecker": 3, "hmd": 3}[w.kind]
 
 
+@_per_row_kind
 def matvec_macs(w: WeightView) -> Any:
     """MACs of one matrix-vector product with the structure's efficient algorithm."""
     m, n, f = w.rows, w.cols, w.fields

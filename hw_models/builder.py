@@ -18,6 +18,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from hw_models.ir import (
     STRUCTURES,
     Dense,
     LayerSpec,
+    Mixed,
     NetworkSpec,
     OpKind,
     TensorSpec,
@@ -82,6 +84,18 @@ def _scalar(value: Any, where: str) -> Any:
     return value
 
 
+def _single_kind(kind: str | np.ndarray, where: str) -> str:
+    """The one structure kind of a weight: a `Mixed` must hold a single distinct kind."""
+    if isinstance(kind, str):
+        return kind
+    distinct = sorted(set(np.asarray(kind).ravel().tolist()))
+    if len(distinct) != 1:
+        raise InvalidNetworkError(
+            f"{where}: build() needs one structure kind, got a Mixed of {distinct}; use build_batch()"
+        )
+    return distinct[0]
+
+
 class NetworkBuilder:
     """Builds a NetworkSpec (ints) or a NetworkBatch (arrays) with inferred shapes."""
 
@@ -111,11 +125,14 @@ class NetworkBuilder:
         op: str,
         inputs: Sequence[str],
         attrs: dict[str, Any] | None = None,
-        weights: dict[str, tuple[Sequence[Any], Any, WeightStructure]] | None = None,
+        weights: dict[str, tuple[Sequence[Any], Any, WeightStructure | Mixed]] | None = None,
         name: str | None = None,
         bits: Any = None,
     ) -> str:
-        """Append any op; `weights` maps a name to (shape, bits, structure)."""
+        """Append any op; `weights` maps a name to (shape, bits, structure).
+
+        A structure may be a `Mixed` (one kind per candidate) for `build_batch`.
+        """
         rule(op)
         if name is None:
             self._counts[op] = self._counts.get(op, 0) + 1
@@ -165,7 +182,7 @@ class NetworkBuilder:
     def conv2d(
         self, x: str, out_channels: Any, kernel: Any, stride: Any = 1, padding: str = "same",
         groups: int = 1, dilation: Any = 1, activation: str = "none", bias: bool = True,
-        weight_bits: Any = 8, structure: WeightStructure | None = None, name: str | None = None,
+        weight_bits: Any = 8, structure: WeightStructure | Mixed | None = None, name: str | None = None,
     ) -> str:
         kh, kw = _pair(kernel)
         c = self._shapes[x][2]
@@ -177,7 +194,7 @@ class NetworkBuilder:
     def depthwise_conv2d(
         self, x: str, kernel: Any, stride: Any = 1, padding: str = "same", multiplier: Any = 1,
         dilation: Any = 1, activation: str = "none", bias: bool = True, weight_bits: Any = 8,
-        structure: WeightStructure | None = None, name: str | None = None,
+        structure: WeightStructure | Mixed | None = None, name: str | None = None,
     ) -> str:
         kh, kw = _pair(kernel)
         c = self._shapes[x][2]
@@ -187,7 +204,7 @@ class NetworkBuilder:
 
     def linear(
         self, x: str, out_features: Any, activation: str = "none", bias: bool = True,
-        weight_bits: Any = 8, structure: WeightStructure | None = None, name: str | None = None,
+        weight_bits: Any = 8, structure: WeightStructure | Mixed | None = None, name: str | None = None,
     ) -> str:
         shape = (out_features, self._shapes[x][-1])
         attrs = {"activation": activation, "bias": bias}
@@ -233,7 +250,7 @@ class NetworkBuilder:
 
     def _rnn(
         self, kind: str, x: str, hidden: Any, return_sequences: bool, bias: bool, weight_bits: Any,
-        w_ih: WeightStructure | None, w_hh: WeightStructure | None, name: str | None,
+        w_ih: WeightStructure | Mixed | None, w_hh: WeightStructure | Mixed | None, name: str | None,
     ) -> str:
         g = RNN_GATES[kind]
         f = self._shapes[x][1]
@@ -245,13 +262,15 @@ class NetworkBuilder:
 
     def lstm(
         self, x: str, hidden: Any, return_sequences: bool = False, bias: bool = True, weight_bits: Any = 8,
-        w_ih: WeightStructure | None = None, w_hh: WeightStructure | None = None, name: str | None = None,
+        w_ih: WeightStructure | Mixed | None = None, w_hh: WeightStructure | Mixed | None = None,
+        name: str | None = None,
     ) -> str:
         return self._rnn(OpKind.LSTM, x, hidden, return_sequences, bias, weight_bits, w_ih, w_hh, name)
 
     def gru(
         self, x: str, hidden: Any, return_sequences: bool = False, bias: bool = True, weight_bits: Any = 8,
-        w_ih: WeightStructure | None = None, w_hh: WeightStructure | None = None, name: str | None = None,
+        w_ih: WeightStructure | Mixed | None = None, w_hh: WeightStructure | Mixed | None = None,
+        name: str | None = None,
     ) -> str:
         return self._rnn(OpKind.GRU, x, hidden, return_sequences, bias, weight_bits, w_ih, w_hh, name)
 
@@ -275,8 +294,9 @@ class NetworkBuilder:
             attrs = {k: _scalar(a, where) for k, a in v.attrs.items()}
             weights = {}
             for wname, wv in v.weights.items():
-                cls = STRUCTURES[wv.kind]
-                fields = {k: _scalar(val, where) for k, val in wv.fields.items()}
+                cls = STRUCTURES[_single_kind(wv.kind, f"{where}, weight {wname!r}")]
+                names = {f.name for f in dataclass_fields(cls)}
+                fields = {k: _scalar(val, where) for k, val in wv.fields.items() if k in names}
                 weights[wname] = WeightSpec(
                     shape=_scalar(v.weight_shapes[wname], where), bits=_scalar(wv.bits, where), structure=cls(**fields)
                 )

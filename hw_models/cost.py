@@ -144,8 +144,11 @@ def _weight_terms(v: OpView, runtime: RuntimeProfile, bias: Any) -> tuple[Any, A
         arrays = W.stored_arrays(w)
         tensors = tensors + arrays
         if runtime.stored_weights:
-            per_channel = v.kind in _PER_CHANNEL_OPS and w.kind in ("dense", "sparse")
-            sets = v.weight_shapes["weight"][0] if per_channel else arrays
+            sets = arrays
+            if v.kind in _PER_CHANNEL_OPS:
+                # Dense and sparse convs are quantised per output channel; factorised
+                # structures per stored array.
+                sets = np.where(W.is_kind(w, ("dense", "sparse")), v.weight_shapes["weight"][0], arrays)
             # Weights and (with per-channel quantisation) biases carry a scale and zero
             # point per set; float weights carry none.
             quant_sets = sets + (np.asarray(bias) > 0) * sets

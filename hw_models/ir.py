@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
+import numpy as np
+
 from hw_models.errors import InvalidNetworkError
 
 IR_FORMAT = "sparse-nas/network"
@@ -184,6 +186,48 @@ STRUCTURES: dict[str, type] = {
 }
 
 
+@dataclass(frozen=True, eq=False)
+class Mixed:
+    """A different structure kind per network of a batch (`NetworkBuilder.build_batch` only).
+
+    `kind` holds one structure kind name per network (an array of N strings); every
+    other field is the union of the structures' fields, each a number or an array of N,
+    read only on the rows whose kind has that field (the defaults fill the rest). A
+    NetworkSpec never holds one: `NetworkBuilder.build` turns a Mixed of one distinct
+    kind into that structure and refuses several.
+
+    Attributes:
+        kind: (N,) structure kind names, each a key of `STRUCTURES`.
+        density, format, block_shape: `Sparse`'s (`format` is one string, shared by
+            every sparse row).
+        rank: `LowRank`'s.
+        factors: `Kronecker`'s and `HybridKronecker`'s, as ((m1, n1), (m2, n2)).
+        doping_nonzeros: `Kronecker`'s.
+        dense_rows: `HybridKronecker`'s and `HMD`'s.
+        rank1_blocks: `HMD`'s.
+    """
+
+    kind: Any
+    density: Any = 1.0
+    format: str = "csr"
+    block_shape: tuple[Any, Any] = (1, 1)
+    rank: Any = 1
+    factors: tuple[tuple[Any, Any], tuple[Any, Any]] = ((1, 1), (1, 1))
+    doping_nonzeros: Any = 0
+    dense_rows: Any = 0
+    rank1_blocks: Any = 2
+
+    def __post_init__(self) -> None:
+        kinds = np.asarray(self.kind)
+        unknown = sorted(set(kinds.ravel().tolist()) - set(STRUCTURES))
+        if kinds.ndim != 1 or unknown:
+            raise InvalidNetworkError(
+                f"Mixed.kind: expected a 1-d array of structure kinds from {sorted(STRUCTURES)}, "
+                f"got shape {kinds.shape} with unknown {unknown}"
+            )
+        object.__setattr__(self, "kind", kinds)
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """An activation tensor: name, shape without batch (channels-last), element bits."""
@@ -306,9 +350,9 @@ class NetworkSpec:
         return cls.from_dict(data)
 
 
-def structure_fields(structure: WeightStructure) -> dict[str, Any]:
+def structure_fields(structure: WeightStructure | Mixed) -> dict[str, Any]:
     """The numbers that define a structure (its dataclass fields, `kind` excluded)."""
-    return {f.name: getattr(structure, f.name) for f in fields(structure)}
+    return {f.name: getattr(structure, f.name) for f in fields(structure) if f.name != "kind"}
 
 
 def structure_to_dict(structure: WeightStructure) -> dict[str, Any]:

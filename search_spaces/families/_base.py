@@ -84,8 +84,10 @@ class BaseSearchSpace(abc.ABC):
       on/off flags, so joint samplers see the whole space).
     - `describe(builder, params)` writes the network into a hw_models NetworkBuilder
       and returns its output tensor. Numeric parameters may be numpy arrays (one entry
-      per candidate); categorical ones are single values. `to_network` and
-      `cost_batch` both go through it, so screening and single costing agree.
+      per candidate); so may categorical ones left out of `topology_key` (compression
+      methods: `_knobs.structure` takes an array of them); the others are single
+      values. `to_network` and `cost_batch` both go through it, so screening and
+      single costing agree.
     - `build(params)` returns a torch model taking (N, *input_shape) in torch layout;
       its parameter count and MACs equal `to_network(params)`'s (non-zeros after
       pruning: use `network_from_model` on a trained model).
@@ -227,8 +229,12 @@ class BaseSearchSpace(abc.ABC):
     # --- batch costing ---------------------------------------------------------------
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
-        """Values that change the graph, structure kinds or bits (default: the categorical
-        parameters). Points with equal keys are costed together in one vectorised pass."""
+        """Values that change the graph or bits (default: the categorical parameters).
+
+        Points with equal keys are costed together in one vectorised pass. Structure
+        kinds need not be in it: a weight whose kind differs between points of a group
+        is a `hw_models.Mixed` (`_knobs.structure` of an array of methods).
+        """
         dists = self.distributions()
         return tuple((k, params[k]) for k in sorted(dists) if isinstance(dists[k], CategoricalDistribution))
 

@@ -8,12 +8,14 @@ method's own knob and its hw_models structure. The same functions serve `build`
 
 from __future__ import annotations
 
+from dataclasses import fields as dataclass_fields
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from hw_models import HMD, Dense, HybridKronecker, Kronecker, LowRank, Sparse, WeightStructure
+from hw_models import HMD, Dense, HybridKronecker, Kronecker, LowRank, Mixed, Sparse, WeightStructure
+from hw_models.ir import structure_fields
 from search_spaces.compression import BaseCompressedLinear, kronecker_factors, make_linear
 
 METHODS = ("dense", "magnitude_pruning", "low_rank", "kronecker", "hybrid_kronecker", "doped_kronecker", "hmd")
@@ -26,7 +28,9 @@ def factor_of(level: Any) -> Any:
     return 2.0 ** np.asarray(level, dtype=np.float64)
 
 
-@lru_cache(maxsize=4096)
+# Large enough for every (rows, cols) a hybrid Kronecker search of dense rows visits
+# (about 27,000 for 2,000 rnn candidates): a smaller cache thrashes and recomputes them.
+@lru_cache(maxsize=65536)
 def _kp(rows: int, cols: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return kronecker_factors(int(rows), int(cols))
 
@@ -88,8 +92,15 @@ def knobs(method: str, rows: Any, cols: Any, level: Any) -> dict[str, Any]:
     raise ValueError(f"method: unknown {method!r}; valid: {', '.join(METHODS)}")
 
 
-def structure(method: str, rows: Any, cols: Any, level: Any) -> WeightStructure:
-    """The hw_models structure the method has at this level (the planned, trained state)."""
+def structure(method: Any, rows: Any, cols: Any, level: Any) -> WeightStructure | Mixed:
+    """The hw_models structure the method has at this level (the planned, trained state).
+
+    `method` may be an (N,) array of method names (one per candidate of a batch, with
+    rows, cols and level ints or arrays of N): the result is then a `Mixed` holding
+    each candidate's structure, or the plain structure when all methods are equal.
+    """
+    if isinstance(method, np.ndarray) and method.ndim:
+        return _mixed(method, rows, cols, level)
     k = knobs(method, rows, cols, level)
     match method:
         case "dense":
@@ -109,6 +120,46 @@ def structure(method: str, rows: Any, cols: Any, level: Any) -> WeightStructure:
         return Kronecker(factors)
     doping = np.floor(np.asarray(k["doping_density"]) * np.asarray(rows) * np.asarray(cols) + 0.5).astype(np.int64)
     return Kronecker(factors, int(doping) if doping.ndim == 0 else doping)
+
+
+def _mixed(methods: np.ndarray, rows: Any, cols: Any, level: Any) -> WeightStructure | Mixed:
+    """`structure` of each candidate's method, gathered into one `Mixed`.
+
+    Each method's structure is computed on its own candidates only, then its fields are
+    scattered into the union arrays (the other rows keep `Mixed`'s filler defaults).
+    """
+    distinct = [str(m) for m in np.unique(methods)]
+    if len(distinct) == 1:
+        return structure(distinct[0], rows, cols, level)
+    n = methods.shape[0]
+    kinds = np.empty(n, dtype=object)
+    union: dict[str, Any] = {}
+    for method in distinct:
+        rows_of = methods == method
+        picked = [np.broadcast_to(np.asarray(a), (n,))[rows_of] for a in (rows, cols, level)]
+        s = structure(method, *picked)
+        kinds[rows_of] = s.kind
+        for name, value in structure_fields(s).items():
+            union[name] = _scatter(union.get(name, _FILLER[name]), value, rows_of, n)
+    return Mixed(kinds.astype(str), **union)
+
+
+# Mixed's defaults: valid values of every field for the rows whose kind lacks it.
+_FILLER = {f.name: f.default for f in dataclass_fields(Mixed) if f.name != "kind"}
+
+
+def _scatter(into: Any, value: Any, rows_of: np.ndarray, n: int) -> Any:
+    """Write `value` (scalar or one entry per selected row) into the (N,) union field `into`.
+
+    Strings (Sparse's format) are not per row: the one method that has them sets them.
+    """
+    if isinstance(into, tuple):
+        return tuple(_scatter(a, b, rows_of, n) for a, b in zip(into, value, strict=True))
+    if isinstance(value, str):
+        return value
+    out = np.array(np.broadcast_to(np.asarray(into), (n,)), dtype=np.result_type(into, value))
+    out[rows_of] = value
+    return out
 
 
 def _factor_arrays(rows: Any, cols: Any) -> Any:

@@ -199,13 +199,17 @@ class DSCNNSpace(BaseSearchSpace):
 
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
-        """Depth, precision, and per active block its pointwise method and whether it adds."""
+        """Depth, precision, and per active block whether it adds its input.
+
+        Pointwise methods are not in it: candidates that differ in them share a pass, each
+        pointwise weight a `Mixed` of their structures.
+        """
         key: list[Any] = [params["n_blocks"], params["quantization"]]
         c_in = params["stem_channels"]
         for i in range(params["n_blocks"]):
             c_out = params[f"block{i}_channels"]
             skip = skip_effective(params[f"block{i}_skip"], params[f"block{i}_stride"], c_in, c_out)
-            key += [bool(skip), params[f"block{i}_pw_method"]]
+            key.append(bool(skip))
             c_in = c_out
         return tuple(key)
 

@@ -204,12 +204,14 @@ class MobileNetV2Space(BaseSearchSpace):
 
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
+        """Precision, and per present block whether it expands and whether it adds.
+
+        Stage methods are not in it: candidates that differ in them share a pass, each
+        1x1 weight a `Mixed` of their structures.
+        """
         key: list[Any] = [params["quantization"]]
         for blk in _blocks(params):
             key += [(blk.stage, blk.index), blk.expand, blk.residual]
-        for s in range(len(STAGES)):
-            if params[f"stage{s}_depth"]:
-                key.append(params[f"stage{s}_method"])
         return tuple(key)
 
     def network_input_shape(self, params: Params) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from torch import nn
 
-from hw_models import NetworkBuilder, NetworkSpec, WeightStructure
+from hw_models import Mixed, NetworkBuilder, NetworkSpec, WeightStructure
 from search_spaces.compression._rnn import BaseCompressedRNN, CompressedGRU, CompressedLSTM
 from search_spaces.families._base import (
     BaseSearchSpace,
@@ -213,12 +213,12 @@ class RNNSpace(BaseSearchSpace):
 
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
-        key: list[Any] = [params["cell"], params["n_layers"], params["n_dense"], params["quantization"]]
-        for i in range(params["n_layers"]):
-            key += [params[f"rnn{i}_ih_method"], params[f"rnn{i}_hh_method"]]
-        for j in range(params["n_dense"]):
-            key.append(params[f"dense{j}_method"])
-        return tuple(key)
+        """Cell, depths and precision.
+
+        Gate-matrix and dense-layer methods are not in it: candidates that differ in them
+        share a pass, each weight a `Mixed` of their structures.
+        """
+        return (params["cell"], params["n_layers"], params["n_dense"], params["quantization"])
 
     # --- torch ------------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class RNNSpace(BaseSearchSpace):
         p = params
         given = structures or {}
 
-        def planned(name: str, method: str, rows: Any, cols: Any, level: Any) -> WeightStructure:
+        def planned(name: str, method: Any, rows: Any, cols: Any, level: Any) -> WeightStructure | Mixed:
             return given[name] if name in given else structure(method, rows, cols, level)
 
         bits = self.activation_bits(p)

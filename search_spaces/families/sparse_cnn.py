@@ -102,12 +102,15 @@ class SparseCNNSpace(BaseSearchSpace):
 
 
     def topology_key(self, params: Params) -> tuple[Any, ...]:
+        """Depths, precision, and per active conv block its pooling and separable layout.
+
+        Dense layers' methods are not in it: candidates that differ in them share a pass,
+        each dense weight a `Mixed` of their structures.
+        """
         key: list[Any] = [params["n_conv"], params["n_dense"], params["quantization"]]
         for i in range(params["n_conv"]):
             down = params[f"conv{i}_downsample"]
             key += [down if down in ("max", "avg") else "conv", params[f"conv{i}_separable"]]
-        for j in range(params["n_dense"]):
-            key.append(params[f"dense{j}_method"])
         return tuple(key)
 
     # --- torch ------------------------------------------------------------------------

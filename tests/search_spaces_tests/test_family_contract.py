@@ -139,3 +139,36 @@ def test_out_of_range_params_name_the_field(space):
 def test_smallest_is_inside_the_space(space):
     space.check_params(space.smallest())
     assert np.isfinite(estimate(space.to_network(space.smallest()), "stm32f446re").latency_ms)
+
+
+# Options that leave few layouts but every compression method: with the defaults a
+# random sparse_cnn or mbv2 point mostly has a layout of its own (pooling, separable
+# blocks, per-stage depths and expansions really change the graph).
+FEW_LAYOUTS = {
+    "sparse_cnn": {"max_conv_blocks": 1},
+    "mbv2": {"max_depth": 1, "expansions": [6]},
+    "ds_cnn": {},
+    "rnn": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FEW_LAYOUTS))
+def test_points_differing_in_methods_share_one_vectorised_pass(name, monkeypatch):
+    shape, classes = DATASETS[name]
+    space = get_search_space(name, shape, classes, FEW_LAYOUTS[name])
+    cands = sample(space, 300, seed=6)
+    passes = []
+    real = families._base.estimate_batch
+
+    def counting(batch, *args, **kwargs):
+        passes.append(batch.size)
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(families._base, "estimate_batch", counting)
+    report = space.cost_batch(cands, "stm32f446re")
+    assert len({space.topology_key(p) for p in cands}) == len(passes) < 0.3 * len(cands)
+    assert sum(passes) == len(cands)
+    for i in range(0, 300, 15):
+        single = estimate(space.to_network(cands[i]), "stm32f446re")
+        for metric in COSTS:
+            assert getattr(report, metric)[i] == pytest.approx(getattr(single, metric)), (i, metric)
