@@ -14,7 +14,7 @@ pass: how a search space screens thousands of candidates before training any.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -307,7 +307,12 @@ class NetworkBuilder:
 
     def build_batch(self, outputs: Sequence[str] | None = None) -> NetworkBatch:
         """A NetworkBatch; array arguments must all have one length N (ints broadcast)."""
-        views = copy.deepcopy(self._views)
+        # fold() rewrites attrs, bias, fused and input_names of the views it keeps: copy
+        # just those (the arrays inside are shared, never written), not the whole views.
+        views = [
+            dataclasses.replace(v, attrs=dict(v.attrs), fused=list(v.fused), input_names=list(v.input_names))
+            for v in self._views
+        ]
         size = max([_size_of(v.__dict__) for v in views] + [_size_of(self._inputs)])
         graph = fold(views, [n for n, _, _ in self._inputs], self._outputs(outputs))
         return NetworkBatch(self.name, size, graph)
