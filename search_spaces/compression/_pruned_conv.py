@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from hw_models import Dense, Sparse, WeightSpec
-from search_spaces.compression._pruning import _check_density, _keep_largest
+from search_spaces.compression._pruning import _check_density, magnitude_mask
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -32,8 +30,7 @@ class MaskedConv2d(nn.Conv2d):
     def prune_to(self, density: float | None = None) -> float:
         """Keep the round(density * numel) largest |w|; returns the new density."""
         density = self.target_density if density is None else _check_density(density)
-        magnitude = (self.weight * self.mask).abs()
-        self.mask.copy_(_keep_largest(magnitude, max(1, math.floor(density * magnitude.numel() + 0.5))))
+        self.mask.copy_(magnitude_mask(self.weight, self.mask, density))
         self.weight.mul_(self.mask)
         return self.density
 

@@ -114,6 +114,15 @@ def _keep_largest(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return out.view_as(scores)
 
 
+def magnitude_mask(weight: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
+    """Mask keeping the ``max(1, round(density * numel))`` largest |weight * mask|.
+
+    Weights already pruned rank last, so a schedule of calls never regrows them.
+    """
+    magnitude = (weight * mask).abs()
+    return _keep_largest(magnitude, max(1, math.floor(density * magnitude.numel() + 0.5)))
+
+
 @register_compression("magnitude_pruning")
 class MagnitudePrunedLinear(BaseCompressedLinear):
     """W = weight * mask, the mask keeping the largest-magnitude weights of this layer.
@@ -190,7 +199,7 @@ class MagnitudePrunedLinear(BaseCompressedLinear):
             full = kept.repeat_interleave(bh, dim=0).repeat_interleave(bw, dim=1)
             mask = full[: self.out_features, : self.in_features]
         else:
-            mask = _keep_largest(magnitude, max(1, math.floor(density * magnitude.numel() + 0.5)))
+            mask = magnitude_mask(self.weight, self.mask, density)
         self.mask.copy_(mask)
         self.weight.mul_(self.mask)
         return self.density

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from search_spaces.compression import cubic_density
 from sparse_nas.training._config import TrainingConfigError
 
 
@@ -98,12 +99,18 @@ def cubic_sparsity(
     Returns:
         The sparsity in ``[0, 1]``.
     """
-    if step < begin_step:
-        return initial_sparsity
-    if step >= end_step:
-        return final_sparsity
-    remaining = 1.0 - (step - begin_step) / (end_step - begin_step)
-    return final_sparsity + (initial_sparsity - final_sparsity) * remaining**3
+    # One implementation of the schedule, in the layer the compression layers live in.
+    return 1.0 - cubic_density(step, begin_step, end_step, 1.0 - final_sparsity, 1.0 - initial_sparsity)
+
+
+def _check_schedule_window(start_fraction: float, end_fraction: float, update_every_steps: int) -> None:
+    if not 0.0 <= start_fraction <= end_fraction <= 1.0:
+        raise TrainingConfigError(
+            "need 0 <= start_fraction <= end_fraction <= 1, got "
+            f"start_fraction={start_fraction}, end_fraction={end_fraction}"
+        )
+    if update_every_steps < 1:
+        raise TrainingConfigError(f"update_every_steps must be at least 1, got {update_every_steps}")
 
 
 class GradualMagnitudePruningPhase(BaseTrainingPhase):
@@ -147,13 +154,7 @@ class GradualMagnitudePruningPhase(BaseTrainingPhase):
             raise TrainingConfigError(
                 f"initial_sparsity must be in [0, final_sparsity={final_sparsity}], got {initial_sparsity}"
             )
-        if not 0.0 <= start_fraction <= end_fraction <= 1.0:
-            raise TrainingConfigError(
-                "need 0 <= start_fraction <= end_fraction <= 1, got "
-                f"start_fraction={start_fraction}, end_fraction={end_fraction}"
-            )
-        if update_every_steps < 1:
-            raise TrainingConfigError(f"update_every_steps must be at least 1, got {update_every_steps}")
+        _check_schedule_window(start_fraction, end_fraction, update_every_steps)
         if scope not in ("global", "layer"):
             raise TrainingConfigError(f"scope must be 'global' or 'layer', got {scope!r}")
         self.final_sparsity = final_sparsity
@@ -260,13 +261,7 @@ class LayerwisePruningSchedulePhase(BaseTrainingPhase):
     def __init__(
         self, *, start_fraction: float = 0.1, end_fraction: float = 0.75, update_every_steps: int = 20
     ) -> None:
-        if not 0.0 <= start_fraction <= end_fraction <= 1.0:
-            raise TrainingConfigError(
-                "need 0 <= start_fraction <= end_fraction <= 1, got "
-                f"start_fraction={start_fraction}, end_fraction={end_fraction}"
-            )
-        if update_every_steps < 1:
-            raise TrainingConfigError(f"update_every_steps must be at least 1, got {update_every_steps}")
+        _check_schedule_window(start_fraction, end_fraction, update_every_steps)
         self.start_fraction = start_fraction
         self.end_fraction = end_fraction
         self.update_every_steps = update_every_steps
@@ -283,14 +278,7 @@ class LayerwisePruningSchedulePhase(BaseTrainingPhase):
 
     def density_at(self, layer: nn.Module, step: int) -> float:
         """The schedule's density for `layer` after `step` optimiser steps."""
-        sparsity = cubic_sparsity(
-            step,
-            initial_sparsity=0.0,
-            final_sparsity=1.0 - float(layer.target_density),
-            begin_step=self.begin_step,
-            end_step=self.end_step,
-        )
-        return 1.0 - sparsity
+        return cubic_density(step, self.begin_step, self.end_step, float(layer.target_density))
 
     def on_step_end(self, step: int) -> None:
         steps_done = step + 1
