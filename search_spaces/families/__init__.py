@@ -1,6 +1,7 @@
 """Model families (search spaces), one per file, registered by a decorator at its bottom."""
 
 from search_spaces.families._base import (
+    COST_METRICS,
     BaseSearchSpace,
     InvalidSearchSpaceError,
     OptionSpec,
@@ -20,6 +21,7 @@ from search_spaces.families import rnn  # noqa: F401  isort: skip
 from search_spaces.families import ds_cnn  # noqa: F401  isort: skip
 
 __all__ = [
+    "COST_METRICS",
     "METHODS",
     "BaseSearchSpace",
     "InvalidSearchSpaceError",
