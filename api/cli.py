@@ -4,6 +4,7 @@ Subcommands:
     devices                      the device catalogue
     cost NET.json --device NAME  predicted flash / SRAM / MACs / latency of a network
     datasets [list|download]     the datasets and their files
+    search SPEC.yaml             run (or resume) a search job here; prints the Pareto front
 Sizes are printed in KiB (the edge of the system); JSON output keeps bytes.
 """
 
@@ -14,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from api.settings import get_settings
 from hw_models import (
@@ -28,6 +30,9 @@ from hw_models import (
 )
 from hw_models.runtimes import RUNTIMES
 from sparse_nas.errors import SparseNASError
+
+if TYPE_CHECKING:
+    from sparse_nas.search import TrialRecord
 
 KIB = 1024
 
@@ -56,8 +61,7 @@ def _format_report(r: CostReport) -> str:
     lines = [
         f"network {r.network!r} on {r.device} (runtime {r.runtime})",
         "",
-        f"{'layer':<24}{'op':<18}{'out shape':<16}{'params':>9}{'MACs':>12}{'model KiB':>10}"
-        f"{'out KiB':>9}{'ms':>9}",
+        f"{'layer':<24}{'op':<18}{'out shape':<16}{'params':>9}{'MACs':>12}{'model KiB':>10}{'out KiB':>9}{'ms':>9}",
     ]
     for layer in r.layers:
         shape = "x".join(str(d) for d in layer.output_shape)
@@ -119,6 +123,69 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sparse_nas.search import SearchEngine, spec_digest
+    from sparse_nas.spec import SearchJobSpec
+
+    try:
+        spec = SearchJobSpec.from_file(args.spec)
+    except ValidationError as exc:
+        print(f"sparse-nas: error: {args.spec} is not a valid job spec:", file=sys.stderr)
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(spec)"
+            print(f"  {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    study_name = args.study or spec.name or f"job-{spec_digest(spec)}"
+    progress = _Progress(spec.n_trials, enabled=not args.quiet)
+    engine = SearchEngine(
+        spec,
+        storage_url=args.storage or settings.resolved_database_url(),
+        study_name=study_name,
+        artifact_dir=args.artifacts or settings.resolved_artifact_dir(),
+        data_dir=args.data_dir or settings.data_dir,
+        on_trial=progress.update,
+    )
+    try:
+        results = engine.run()
+    finally:
+        progress.close()
+    counts = ", ".join(f"{n} {status}" for status, n in results.counts.items() if n)
+    print(f"study {study_name!r}: {counts}; hypervolume {results.hypervolume:.4f} (normalised to the budgets)")
+    print(results.format_table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(results.to_dict(), indent=2))
+        print(f"results written to {args.json}")
+    return 0
+
+
+class _Progress:
+    """A tqdm bar over the job's trials (stderr), or nothing when quiet."""
+
+    def __init__(self, total: int, *, enabled: bool):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self._best: float | None = None
+
+    def update(self, record: TrialRecord) -> None:
+        if self._bar is None:
+            return
+        if record.accuracy is not None and record.status == "complete" and record.feasible:
+            self._best = max(self._best or 0.0, record.accuracy)
+        best = f"{100 * self._best:.1f}%" if self._best is not None else "-"
+        self._bar.set_postfix_str(f"last #{record.number} {record.status}, best acc {best}")
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-nas", description="Hardware-aware NAS for microcontrollers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="dataset to download")
     p.add_argument("--data-dir", help="data directory (default: $SPARSE_NAS_DATA_DIR or ./data)")
     p.set_defaults(func=_cmd_datasets)
+    p = sub.add_parser("search", help="run (or resume) a search job locally and print its Pareto front")
+    p.add_argument("spec", help="job spec file, .yaml or .json (see docs/job_spec.md)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study database (default: SQLite in $SPARSE_NAS_STATE_DIR)")
+    p.add_argument("--study", help="study name; running the same name again resumes it (default: the spec's name)")
+    p.add_argument("--artifacts", help="directory for trained weights (default: $SPARSE_NAS_STATE_DIR/artifacts)")
+    p.add_argument("--data-dir", help="data directory (default: $SPARSE_NAS_DATA_DIR or ./data)")
+    p.add_argument("--json", help="also write the results (front, hypervolume, trials) to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_search)
     return parser
 
 

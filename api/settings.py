@@ -20,6 +20,26 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     """Where datasets are read from (and downloaded to), in their original formats."""
 
+    state_dir: Path = Path("sparse-nas-state")
+    """The embedded default's home: its SQLite database and the trials' artifacts."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the study database; None: a SQLite file in ``state_dir``."""
+
+    artifact_dir: Path | None = None
+    """Where trained weights are stored; None: ``state_dir/artifacts``."""
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to ``state_dir/sparse-nas.db``."""
+        if self.database_url:
+            return self.database_url
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.state_dir / 'sparse-nas.db').resolve()}"
+
+    def resolved_artifact_dir(self) -> Path:
+        """The artifact directory, defaulting to ``state_dir/artifacts``."""
+        return self.artifact_dir if self.artifact_dir is not None else self.state_dir / "artifacts"
+
 
 @lru_cache
 def get_settings() -> Settings:

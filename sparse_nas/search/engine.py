@@ -1,0 +1,319 @@
+"""The search driver: one job's loop of ask, cost, train, tell, over one Optuna study.
+
+The driver is the only process that writes the job's study. For each new trial it asks
+the strategy's sampler for a point, costs it exactly with hw_models and stores the
+costs (user attributes) and the budgets (constraints). A point that breaks a budget is
+told at once as ``infeasible`` and never trained; a feasible one goes to the executor
+(in-process or Ray). When a trial finishes, its weights become an artifact of the trial
+and only then is the trial told, so a COMPLETE trial always has its weights.
+
+A job survives its driver dying: run the same job (same study) again and
+:meth:`SearchEngine.run` marks the trials left running ``interrupted`` (FAIL), enqueues
+their parameters again, keeps every finished trial and runs until ``n_trials`` trials
+count (:data:`~sparse_nas.search.records.COUNTED_STATUSES`). Only one driver may run a
+given study at a time (the service's job queue guarantees it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import Trial, TrialState
+
+from sparse_nas.datasets import DatasetSplits, load_dataset
+from sparse_nas.errors import SparseNASError
+from sparse_nas.search import early_stopping
+from sparse_nas.search.costs import constraint_values, cost_point, infeasible_reason
+from sparse_nas.search.executors import BaseExecutor, InProcessExecutor, RayExecutor
+from sparse_nas.search.records import (
+    ARTIFACT_ATTR,
+    INFEASIBLE_ACCURACY,
+    REASON_ATTR,
+    RETRY_OF_ATTR,
+    SPEC_ATTR,
+    STATUS_ATTR,
+    TrialRecord,
+    counts_toward_budget,
+    objective_values,
+    to_record,
+)
+from sparse_nas.search.results import SearchResults, reference_point
+from sparse_nas.search.storage import StorageError, artifact_store, open_storage, save_weights
+from sparse_nas.search.trial_runner import TrialOutcome, make_task
+from sparse_nas.spec import SearchJobSpec
+from sparse_nas.strategies import make_sampler
+
+logger = logging.getLogger(__name__)
+
+RESUMABLE_FIELDS = frozenset({"n_trials", "execution"})
+"""Spec fields a resumed job may change: a bigger budget, other workers."""
+
+TrialCallback = Callable[[TrialRecord], None]
+
+
+class JobMismatchError(StorageError):
+    """The study in the database was created by a different job spec."""
+
+
+class SearchEngine:
+    """Runs one :class:`SearchJobSpec` into one Optuna study.
+
+    Args:
+        spec: The validated job.
+        storage_url: SQLAlchemy URL of the study database.
+        study_name: The study of this job (a job id in the service).
+        artifact_dir: Where the trials' weights are stored.
+        data_dir: Where datasets are read from (not needed for ``digits``).
+        on_trial: Called in the driver after every trial is told (progress bars, logs).
+    """
+
+    def __init__(
+        self,
+        spec: SearchJobSpec,
+        *,
+        storage_url: str,
+        study_name: str,
+        artifact_dir: str | os.PathLike[str],
+        data_dir: str | os.PathLike[str] | None = None,
+        on_trial: TrialCallback | None = None,
+    ):
+        if spec.strategy == "dnas":
+            raise SparseNASError(
+                "strategy: 'dnas' (differentiable search) is not available in this version; "
+                "use one of mobo, gp, nsga2, tpe, random"
+            )
+        self.spec = spec
+        self.storage_url = storage_url
+        self.study_name = study_name
+        self.artifact_dir = Path(artifact_dir)
+        self.data_dir = data_dir
+        self.on_trial = on_trial
+        self.space = spec.build_search_space()
+        self.device = spec.device_spec()
+        self.limits = spec.limits()
+        self.reference = reference_point(spec)
+
+    # --- the study ---------------------------------------------------------------------
+
+    def open_study(self) -> optuna.Study:
+        """Create the job's study, or load it and check that it belongs to this job."""
+        storage = open_storage(self.storage_url)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=self.study_name,
+            directions=self.spec.directions(),
+            sampler=make_sampler(self.spec, self.space, self.reference),
+            load_if_exists=True,
+        )
+        existing = len(study.get_trials(deepcopy=False))
+        if existing:
+            # A resumed sampler seeded as at the start would replay the points it already
+            # gave (Optuna's baselines keep their RNG in memory): seed it from the history.
+            study.sampler = make_sampler(
+                self.spec, self.space, self.reference, seed=resume_seed(self.spec.seed, existing)
+            )
+        stored = study.user_attrs.get(SPEC_ATTR)
+        if stored is None:
+            study.set_user_attr(SPEC_ATTR, self.spec.to_dict())
+        else:
+            changed = sorted(
+                key
+                for key in set(stored) | set(self.spec.to_dict())
+                if key not in RESUMABLE_FIELDS and stored.get(key) != self.spec.to_dict().get(key)
+            )
+            if changed:
+                raise JobMismatchError(
+                    f"study {self.study_name!r} holds a different job: fields {changed} differ from the spec given; "
+                    f"only {sorted(RESUMABLE_FIELDS)} may change on resume (or use another study name)"
+                )
+        return study
+
+    def recover(self, study: optuna.Study) -> list[int]:
+        """Fail the trials a dead driver left running and enqueue their points again.
+
+        Returns:
+            The numbers of the interrupted trials.
+        """
+        interrupted = []
+        storage = study._storage
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            storage.set_trial_user_attr(trial._trial_id, STATUS_ATTR, "interrupted")
+            storage.set_trial_user_attr(
+                trial._trial_id, REASON_ATTR, "the search driver stopped before this trial finished"
+            )
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            interrupted.append(trial.number)
+            if set(trial.params) == set(self.space.distributions()):
+                study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number}, skip_if_exists=False)
+        if interrupted:
+            logger.warning("study %s: trials %s were interrupted and are run again", self.study_name, interrupted)
+        return interrupted
+
+    # --- the loop -------------------------------------------------------------------
+
+    def run(self, executor: BaseExecutor | None = None) -> SearchResults:
+        """Run (or resume) the job to ``n_trials`` counted trials; return its results."""
+        study = self.open_study()
+        self.recover(study)
+        done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+        if done < self.spec.n_trials:
+            splits = load_dataset(self.spec.dataset_config(), self.data_dir)
+            owned = executor is None
+            executor = executor or self.make_executor(splits)
+            try:
+                self._loop(study, executor, done)
+            finally:
+                if owned:
+                    executor.close()
+        return SearchResults.from_study(study, self.spec)
+
+    def make_executor(self, splits: DatasetSplits) -> BaseExecutor:
+        """The executor the spec asks for."""
+        execution = self.spec.execution
+        if execution.backend == "ray":
+            return RayExecutor(
+                self.space,
+                splits,
+                concurrency=execution.concurrency,
+                cpus_per_trial=execution.cpus_per_trial,
+                address=execution.ray_address,
+            )
+        return InProcessExecutor(self.space, splits)
+
+    def _loop(self, study: optuna.Study, executor: BaseExecutor, done: int) -> None:
+        store = artifact_store(self.artifact_dir)
+        in_flight: dict[int, Trial] = {}
+        while True:
+            while executor.in_flight < executor.capacity and done + len(in_flight) < self.spec.n_trials:
+                trial, params, costs = self._ask(study)
+                reason = infeasible_reason(costs, self.limits)
+                if reason is not None:
+                    trial.set_user_attr(STATUS_ATTR, "infeasible")
+                    trial.set_user_attr(REASON_ATTR, reason)
+                    self._tell(study, trial, values=objective_values(self.spec.objectives, INFEASIBLE_ACCURACY, costs))
+                    done += 1
+                    continue
+                executor.submit(
+                    make_task(
+                        trial.number,
+                        params,
+                        self.spec.training.train_config(seed=self.spec.seed),
+                        self.spec.seed,
+                        stop_below=self._stop_below(study),
+                        threads=self.spec.execution.cpus_per_trial,
+                        device=self.device,
+                        runtime=self.spec.runtime,
+                    )
+                )
+                in_flight[trial.number] = trial
+            if not in_flight:
+                return
+            for outcome in executor.wait():
+                self._finish(study, store, in_flight.pop(outcome.number), outcome)
+                done += 1
+
+    def _ask(self, study: optuna.Study) -> tuple[Trial, dict[str, Any], dict[str, float]]:
+        trial = study.ask()
+        params = self.space.sample(trial)
+        costs = cost_point(self.space, params, self.device, self.spec.runtime)
+        for metric, value in costs.items():
+            trial.set_user_attr(metric, value)
+        for name, value in constraint_values(costs, self.limits).items():
+            trial.set_constraint(name, value)
+        return trial, params, costs
+
+    def _stop_below(self, study: optuna.Study) -> dict[int, float]:
+        training = self.spec.training
+        if not training.early_stopping:
+            return {}
+        rungs = early_stopping.rung_epochs(training.min_epochs, training.epochs)
+        histories = [
+            [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if t.intermediate_values
+        ]
+        return early_stopping.stop_below(histories, rungs)
+
+    def _finish(self, study: optuna.Study, store: Any, trial: Trial, outcome: TrialOutcome) -> None:
+        storage = study._storage
+        # Trial.report refuses multi-objective studies; the storage call is what it does.
+        for epoch, accuracy in enumerate(outcome.epoch_accuracies, start=1):
+            storage.set_trial_intermediate_value(trial._trial_id, epoch, accuracy)
+        measured = {
+            "val_accuracy": outcome.val_accuracy,
+            "test_accuracy": outcome.test_accuracy,
+            "train_seconds": outcome.train_seconds,
+            "epochs_completed": len(outcome.epoch_accuracies),
+            "nonzero_params": outcome.nonzero_params,
+            "worker_seconds": outcome.worker_seconds,
+            "worker_pid": outcome.worker_pid or None,
+            "worker_started_at": outcome.worker_started_at or None,
+        }
+        for key, value in measured.items():
+            if value is not None:
+                trial.set_user_attr(key, value)
+        trial.set_user_attr(STATUS_ATTR, outcome.status)
+        if outcome.reason is not None:
+            trial.set_user_attr(REASON_ATTR, outcome.reason)
+        if outcome.weights is not None:
+            trial.set_user_attr(ARTIFACT_ATTR, save_weights(store, storage, trial, outcome.weights))
+        if outcome.status == "complete":
+            costs = {metric: trial.user_attrs[metric] for metric in self.spec.objectives if metric != "accuracy"}
+            self._tell(study, trial, values=objective_values(self.spec.objectives, outcome.val_accuracy, costs))
+        elif outcome.status == "stopped":
+            self._tell(study, trial, state=TrialState.PRUNED)
+        else:
+            logger.warning("trial %d failed: %s", trial.number, outcome.reason)
+            self._tell(study, trial, state=TrialState.FAIL)
+
+    def _tell(
+        self,
+        study: optuna.Study,
+        trial: Trial,
+        *,
+        values: list[float] | None = None,
+        state: TrialState | None = None,
+    ) -> None:
+        frozen = study.tell(trial, values=values, state=state)
+        if self.on_trial is not None:
+            self.on_trial(to_record(frozen))
+
+
+def resume_seed(job_seed: int, trials_so_far: int) -> int:
+    """The sampler seed of a job resumed with ``trials_so_far`` trials in its study."""
+    return (job_seed + 1_000_003 * trials_so_far) % 2**31
+
+
+def run_search(
+    spec: SearchJobSpec,
+    *,
+    storage_url: str,
+    study_name: str,
+    artifact_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    on_trial: TrialCallback | None = None,
+) -> SearchResults:
+    """Run or resume ``spec`` into ``study_name`` at ``storage_url``; see :class:`SearchEngine`."""
+    engine = SearchEngine(
+        spec,
+        storage_url=storage_url,
+        study_name=study_name,
+        artifact_dir=artifact_dir,
+        data_dir=data_dir,
+        on_trial=on_trial,
+    )
+    return engine.run()
+
+
+def spec_digest(spec: SearchJobSpec) -> str:
+    """A short stable name for a job's study: the hash of its spec minus resumable fields."""
+    import hashlib
+
+    body = {k: v for k, v in spec.to_dict().items() if k not in RESUMABLE_FIELDS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,100 @@
+"""Study storage and trial artifacts: Optuna's RDBStorage on any SQLAlchemy URL.
+
+A SQLite file is the embedded default; PostgreSQL (``postgresql+psycopg://...``) serves
+many jobs and drivers. Only the driver process of a job writes to its study, which is
+what makes SQLite safe here. Each trained trial's weights are an Optuna artifact in a
+file-system artifact store beside the database.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.storages import RDBStorage
+
+from sparse_nas.errors import SparseNASError
+
+SQLITE_BUSY_TIMEOUT_S = 60
+"""How long a SQLite writer waits for a lock (readers such as a dashboard may hold it)."""
+
+
+class StorageError(SparseNASError, ValueError):
+    """A storage URL that cannot be opened, or a study that belongs to another job."""
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The SQLAlchemy URL of a SQLite file (its directory is created)."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """Optuna's RDBStorage on ``url``, with the tables created if missing.
+
+    Raises:
+        StorageError: The URL names no installed driver or the database is unreachable;
+            the message names the URL (without its password).
+    """
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:
+        raise StorageError(
+            f"storage {_redact(url)!r} cannot be opened: {type(exc).__name__}: {exc}; expected a SQLAlchemy URL "
+            "such as sqlite:///path/to/jobs.db or postgresql+psycopg://user:password@host/db"
+        ) from exc
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def artifact_store(directory: str | os.PathLike[str]) -> FileSystemArtifactStore:
+    """A file-system artifact store in ``directory`` (created)."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def save_weights(
+    store: FileSystemArtifactStore,
+    storage: optuna.storages.BaseStorage,
+    trial: optuna.trial.Trial | optuna.trial.FrozenTrial,
+    weights: bytes,
+) -> str:
+    """Store a trial's ``torch.save``-d state_dict as its artifact; return the artifact id."""
+    with tempfile.TemporaryDirectory(prefix="sparse-nas-weights-") as tmp:
+        path = Path(tmp) / f"trial-{trial.number}-state_dict.pt"
+        path.write_bytes(weights)
+        return upload_artifact(
+            artifact_store=store,
+            file_path=str(path),
+            study_or_trial=trial,
+            storage=storage,
+            mimetype="application/x-pytorch",
+        )
+
+
+def load_weights(store: FileSystemArtifactStore, artifact_id: str) -> dict[str, torch.Tensor]:
+    """A trial's trained state_dict, read back from its artifact."""
+    with tempfile.TemporaryDirectory(prefix="sparse-nas-weights-") as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+        return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
