@@ -1,0 +1,122 @@
+"""The engine on its real backends: PostgreSQL storage, a local Ray, and a `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sparse_nas.search.engine import SearchEngine
+from sparse_nas.search.records import TrialRecord
+from sparse_nas.spec import SearchJobSpec
+
+
+def job(**overrides: Any) -> SearchJobSpec:
+    data: dict[str, Any] = {
+        "name": "backend",
+        "dataset": {"name": "digits"},
+        "search_space": {"name": "sparse_cnn"},
+        "device": "stm32f446re",
+        "budgets": {"max_sram_bytes": 20000},
+        "strategy": "tpe",
+        "n_trials": 6,
+        "initial_trials": 3,
+        "training": {"epochs": 2, "batch_size": 64},
+    }
+    data.update(overrides)
+    return SearchJobSpec.model_validate(data)
+
+
+def run(spec: SearchJobSpec, url: str, tmp_path: Path) -> list[TrialRecord]:
+    engine = SearchEngine(spec, storage_url=url, study_name="backend", artifact_dir=tmp_path / "artifacts")
+    return list(engine.run().records)
+
+
+def comparable(record: TrialRecord) -> dict[str, Any]:
+    """What must not depend on the storage: the points, statuses, values, costs, constraints."""
+    return {
+        "number": record.number,
+        "status": record.status,
+        "params": record.params,
+        "values": record.values,
+        "costs": record.costs,
+        "constraints": record.constraints,
+        "reason": record.reason,
+        "intermediate": record.intermediate_accuracy,
+        "nonzero_params": record.measured.get("nonzero_params"),
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.xdist_group("postgres")
+def test_sqlite_and_postgresql_give_the_same_trial_records(tmp_path: Path, postgres_url: str) -> None:
+    spec = job()
+    on_sqlite = run(spec, f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "sqlite")
+    on_postgres = run(spec, postgres_url, tmp_path / "postgres")
+    assert len(on_sqlite) == 6
+    assert {r.status for r in on_sqlite} >= {"complete"}
+    assert [comparable(r) for r in on_postgres] == [comparable(r) for r in on_sqlite]
+
+
+def _overlap(a: TrialRecord, b: TrialRecord) -> bool:
+    start_a, start_b = a.measured["worker_started_at"], b.measured["worker_started_at"]
+    end_a, end_b = start_a + a.measured["worker_seconds"], start_b + b.measured["worker_seconds"]
+    return start_a < end_b and start_b < end_a
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_local_ray_runs_two_trials_at_once(tmp_path: Path) -> None:
+    spec = job(
+        strategy="random",
+        n_trials=4,
+        budgets={},
+        training={"epochs": 3, "batch_size": 32},
+        execution={"backend": "ray", "concurrency": 2, "cpus_per_trial": 1},
+    )
+    records = run(spec, f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path)
+    trained = [r for r in records if r.status == "complete"]
+    assert len(trained) == 4
+    assert len({r.measured["worker_pid"] for r in trained}) >= 2
+    pairs = [(a, b) for i, a in enumerate(trained) for b in trained[i + 1 :]]
+    assert any(_overlap(a, b) and a.measured["worker_pid"] != b.measured["worker_pid"] for a, b in pairs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_search_on_a_ray_cluster_started_with_ray_start_head(tmp_path: Path) -> None:
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    temp_dir = Path("/tmp") / f"snhead-{port}"  # Ray's socket paths must stay short
+    start = [
+        ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+        "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]  # fmt: skip
+    started = subprocess.run(start, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr + started.stdout
+    try:
+        spec = job(
+            strategy="random",
+            n_trials=3,
+            budgets={},
+            execution={"backend": "ray", "concurrency": 2, "ray_address": f"127.0.0.1:{port}"},
+        )
+        records = run(spec, f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path)
+        assert [r.status for r in records] == ["complete"] * 3
+        import ray
+
+        assert not ray.is_initialized(), "the engine must disconnect from the cluster when done"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
