@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,13 @@ from sparse_nas.search.costs import constraint_values, cost_point, infeasible_re
 from sparse_nas.search.executors import BaseExecutor, InProcessExecutor, RayExecutor
 from sparse_nas.search.records import (
     ARTIFACT_ATTR,
+    DRIVER_SECONDS_ATTR,
     INFEASIBLE_ACCURACY,
     REASON_ATTR,
     RETRY_OF_ATTR,
     SPEC_ATTR,
     STATUS_ATTR,
+    SUGGEST_SECONDS_ATTR,
     TrialRecord,
     counts_toward_budget,
     objective_values,
@@ -219,13 +222,17 @@ class SearchEngine:
                 done += 1
 
     def _ask(self, study: optuna.Study) -> tuple[Trial, dict[str, Any], dict[str, float]]:
+        start = time.perf_counter()
         trial = study.ask()
         params = self.space.sample(trial)
+        sampled = time.perf_counter()
         costs = cost_point(self.space, params, self.device, self.spec.runtime)
         for metric, value in costs.items():
             trial.set_user_attr(metric, value)
         for name, value in constraint_values(costs, self.limits).items():
             trial.set_constraint(name, value)
+        trial.set_user_attr(SUGGEST_SECONDS_ATTR, sampled - start)
+        trial.set_user_attr(DRIVER_SECONDS_ATTR, time.perf_counter() - start)
         return trial, params, costs
 
     def _stop_below(self, study: optuna.Study) -> dict[int, float]:

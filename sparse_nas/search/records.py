@@ -39,6 +39,10 @@ STATUS_ATTR = "status"
 REASON_ATTR = "reason"
 RETRY_OF_ATTR = "retry_of"
 """On a re-enqueued trial: the number of the interrupted trial it repeats."""
+SUGGEST_SECONDS_ATTR = "suggest_seconds"
+"""Driver time to ask the sampler for the point and store it (the sampler's cost)."""
+DRIVER_SECONDS_ATTR = "driver_seconds"
+"""Driver time before launch: the suggestion plus exact costing and storing costs and constraints."""
 TRAIN_ATTRS = (
     "val_accuracy",
     "test_accuracy",
@@ -48,9 +52,12 @@ TRAIN_ATTRS = (
     "worker_seconds",
     "worker_pid",
     "worker_started_at",
+    SUGGEST_SECONDS_ATTR,
+    DRIVER_SECONDS_ATTR,
 )
-"""Measured by training (absent on trials that were not trained); ``worker_*`` say where
-and when the trial ran (``worker_seconds``: the whole task in the worker)."""
+"""Measured per trial (``TrialRecord.measured``): the training figures are absent on trials
+that were not trained; ``worker_*`` say where and when the trial ran (``worker_seconds``:
+the whole task in the worker); the driver's timings are on every trial."""
 ARTIFACT_ATTR = "weights_artifact_id"
 """Optuna artifact id of the trained ``state_dict`` (complete and stopped trials)."""
 SPEC_ATTR = "sparse_nas_spec"
