@@ -12,8 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/sparse-nas devices
-	$(BIN)/sparse-nas cost examples/ds_cnn_kws.json --device stm32f446re
+	$(BIN)/sparse-nas search examples/quickstart.yaml --json sparse-nas-state/quickstart-results.json
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
