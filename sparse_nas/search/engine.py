@@ -74,6 +74,10 @@ class SearchEngine:
         artifact_dir: Where the trials' weights are stored.
         data_dir: Where datasets are read from (not needed for ``digits``).
         on_trial: Called in the driver after every trial is told (progress bars, logs).
+        should_stop: Polled before each new trial is launched; once it returns True no
+            trial is launched, the trials in flight finish and are told, and
+            :meth:`run` returns with :attr:`stopped` set (a cancelled job; running it
+            again resumes it).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class SearchEngine:
         artifact_dir: str | os.PathLike[str],
         data_dir: str | os.PathLike[str] | None = None,
         on_trial: TrialCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         if spec.strategy == "dnas":
             raise SparseNASError(
@@ -97,6 +102,8 @@ class SearchEngine:
         self.artifact_dir = Path(artifact_dir)
         self.data_dir = data_dir
         self.on_trial = on_trial
+        self.should_stop = should_stop
+        self.stopped = False
         self.space = spec.build_search_space()
         self.device = spec.device_spec()
         self.limits = spec.limits()
@@ -193,7 +200,14 @@ class SearchEngine:
         store = artifact_store(self.artifact_dir)
         in_flight: dict[int, Trial] = {}
         while True:
-            while executor.in_flight < executor.capacity and done + len(in_flight) < self.spec.n_trials:
+            while (
+                not self.stopped
+                and executor.in_flight < executor.capacity
+                and done + len(in_flight) < self.spec.n_trials
+            ):
+                if self.should_stop is not None and self.should_stop():
+                    self.stopped = True
+                    break
                 trial, params, costs = self._ask(study)
                 reason = infeasible_reason(costs, self.limits)
                 if reason is not None:

@@ -255,3 +255,13 @@ def test_driver_killed_with_sigkill_resumes_keeping_completed_trials(tmp_path: P
     counted = [r for r in after.values() if r.status in ("complete", "infeasible", "stopped", "failed")]
     assert len(counted) == 8
     assert "Pareto front" in resumed.stdout or "front" in resumed.stdout.lower()
+
+
+def test_should_stop_ends_the_run_after_the_trials_in_flight_and_a_rerun_resumes(tmp_path: Path) -> None:
+    told: list[int] = []
+    e = engine(job(n_trials=6, budgets={}), tmp_path, on_trial=lambda r: told.append(r.number),
+               should_stop=lambda: len(told) >= 2)  # fmt: skip
+    results = e.run()
+    assert e.stopped and len(results.records) == 2 == len(told)
+    resumed = engine(job(n_trials=6, budgets={}), tmp_path)
+    assert not resumed.stopped and len(resumed.run().records) == 6
