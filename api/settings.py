@@ -29,6 +29,30 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None
     """Where trained weights are stored; None: ``state_dir/artifacts``."""
 
+    # --- the service -------------------------------------------------------------------
+
+    host: str = "127.0.0.1"
+    """Interface the API listens on. Any address but loopback requires ``api_token``."""
+
+    port: int = 8000
+    """TCP port of the API."""
+
+    api_token: str | None = None
+    """Bearer token the API requires (``Authorization: Bearer <token>``); None: no auth,
+    allowed only on a loopback ``host``."""
+
+    max_body_bytes: int = 1_048_576
+    """Largest request body the API accepts (413 above it)."""
+
+    heartbeat_interval_s: float = 5.0
+    """How often a job worker stamps the heartbeat of the job it runs."""
+
+    stale_after_s: float = 30.0
+    """A running job whose heartbeat is older than this is taken over by another worker."""
+
+    worker_poll_s: float = 1.0
+    """How often an idle worker looks for a queued job."""
+
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to ``state_dir/sparse-nas.db``."""
         if self.database_url:
