@@ -1,6 +1,6 @@
 """Search strategies, every one an Optuna sampler writing to the job's study.
 
-``mobo`` is ours (:class:`~sparse_nas.strategies.mobo.MOBOSampler`: a GP on accuracy,
+``mobo`` is ours (:class:`~sparse_nas.strategies.mobo.MoboSampler`: a GP on accuracy,
 exact hardware costs, qLogNEHVI over a screened feasible pool). ``gp``, ``nsga2``,
 ``tpe`` and ``random`` are Optuna's samplers, as baselines and alternatives; all of them
 read the budgets from the constraints stored with each trial (``trial.set_constraint``).
@@ -38,9 +38,9 @@ def make_sampler(
     strategy = spec.strategy
     seed = spec.seed if seed is None else seed
     if strategy == "mobo":
-        from sparse_nas.strategies.mobo import MOBOSampler
+        from sparse_nas.strategies.mobo import MoboSampler
 
-        return MOBOSampler(
+        return MoboSampler(
             space,
             spec.device_spec(),
             spec.runtime,
