@@ -5,6 +5,10 @@ Subcommands:
     cost NET.json --device NAME  predicted flash / SRAM / MACs / latency of a network
     datasets [list|download]     the datasets and their files
     search SPEC.yaml             run (or resume) a search job here; prints the Pareto front
+    serve                        the REST API plus one job worker (the embedded default)
+    worker                       a job worker on the service database
+    submit SPEC.yaml             submit a job to a running service (--wait follows it to its end)
+    jobs                         list the service's jobs
 Sizes are printed in KiB (the edge of the system); JSON output keeps bytes.
 """
 
@@ -13,10 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from api.errors import ServiceError
 from api.settings import get_settings
 from hw_models import (
     CostReport,
@@ -161,6 +170,205 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the service ---------------------------------------------------------------------------
+
+
+class ServiceClientError(ServiceError, RuntimeError):
+    """The service could not be reached, or refused a request (the message has its errors)."""
+
+
+FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from api.app import check_bind
+    from api.serve import serve
+
+    settings = get_settings()
+    overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    check_bind(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(settings, with_worker=not args.no_worker)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from api.worker import main as worker_main
+
+    argv = ["--once"] if args.once else []
+    if args.worker_id:
+        argv += ["--worker-id", args.worker_id]
+    return worker_main(argv)
+
+
+def _service_url(args: argparse.Namespace) -> str:
+    """``--url``, or the settings' host and port (a wildcard host reached on loopback)."""
+    if args.url:
+        return args.url.rstrip("/")
+    settings = get_settings()
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token if args.token is not None else get_settings().api_token
+
+
+def _http(
+    method: str,
+    url: str,
+    token: str | None,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[int, Any]:
+    """One JSON request to the service; returns (status, decoded body).
+
+    Raises:
+        ServiceClientError: The service is unreachable or answered with an error status.
+    """
+    data = None if body is None else json.dumps(body).encode()
+    all_headers = {"Accept": "application/json", **(headers or {})}
+    if data is not None:
+        all_headers["Content-Type"] = "application/json"
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raise ServiceClientError(_http_error_message(exc.code, exc.read())) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServiceClientError(f"cannot reach the service at {url}: {reason}") from None
+
+
+def _http_error_message(status: int, raw: bytes) -> str:
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return f"HTTP {status}: {raw[:200].decode(errors='replace')}"
+    if not isinstance(payload, dict):
+        return f"HTTP {status}: {payload}"
+    lines = [f"HTTP {status}: {payload.get('detail', '')}"]
+    for error in payload.get("errors") or []:
+        where = ".".join(str(part) for part in error.get("loc", [])) or "(request)"
+        lines.append(f"  {where}: {error.get('msg', '')}")
+    return "\n".join(lines)
+
+
+def _read_spec_document(path: Path) -> dict[str, Any]:
+    """The spec file's mapping, unvalidated: the service validates it (and knows its devices)."""
+    from sparse_nas.spec import SpecFileError
+
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise SpecFileError(f"spec file {str(path)!r}: expected a .json, .yaml or .yml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecFileError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError: the message says where
+        raise SpecFileError(f"spec file {str(path)!r} does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecFileError(f"spec file {str(path)!r}: expected a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    base, token = _service_url(args), _token(args)
+    spec = _read_spec_document(Path(args.spec))
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    status, job = _http("POST", f"{base}/api/jobs", token, spec, headers)
+    how = "submitted" if status == 201 else "already submitted with this idempotency key"
+    print(f"job {job['id']} {how} ({job['status']}, {job['progress']['n_trials']} trials)")
+    if not args.wait:
+        return 0
+    try:
+        return _wait(base, token, job["id"], args.poll)
+    except KeyboardInterrupt:
+        print(f"stopped waiting; job {job['id']} goes on (sparse-nas jobs)", file=sys.stderr)
+        return 130
+
+
+def _trial_line(trial: Mapping[str, Any]) -> str:
+    costs = trial.get("costs") or {}
+    accuracy = (trial.get("measured") or {}).get("val_accuracy")
+    parts = [f"trial {trial['number']:>4}", f"{trial['status']:<11}"]
+    parts.append(f"acc {100 * accuracy:5.1f}%" if accuracy is not None else "acc     -")
+    for metric, label in (("flash_bytes", "flash"), ("sram_bytes", "SRAM")):
+        if costs.get(metric) is not None:
+            parts.append(f"{label} {_kib(costs[metric])} KiB")
+    if trial.get("reason"):
+        parts.append(f"({trial['reason']})")
+    return "  ".join(parts)
+
+
+def _wait(base: str, token: str | None, job_id: str, poll_s: float) -> int:
+    """Print the job's trials as they finish until the job ends; 0 when it succeeded."""
+    after = -1
+    quoted = urllib.parse.quote(job_id, safe="")
+    while True:
+        # Read the status first: once it is final, the trials read after it are all there.
+        _, job = _http("GET", f"{base}/api/jobs/{quoted}", token)
+        while True:
+            _, page = _http("GET", f"{base}/api/jobs/{quoted}/trials?after={after}&limit=500", token)
+            for trial in page["items"]:
+                if trial["number"] <= page["next_after"]:
+                    print(_trial_line(trial), flush=True)
+            after = page["next_after"]
+            if not page["has_more"]:
+                break
+        if job["status"] in FINISHED_JOB_STATUSES:
+            break
+        time.sleep(poll_s)
+    best = job.get("best_accuracy")
+    summary = f"job {job_id} {job['status']}: {job['progress']['trials_done']}/{job['progress']['n_trials']} trials"
+    if best is not None:
+        summary += f", best feasible accuracy {100 * best:.1f}%"
+    if job.get("error"):
+        summary += f"; error: {job['error']}"
+    print(summary)
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    base, token = _service_url(args), _token(args)
+    query = {"limit": str(args.limit)}
+    if args.status:
+        query["status"] = args.status
+    _, page = _http("GET", f"{base}/api/jobs?{urllib.parse.urlencode(query)}", token)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    header = f"{'id':<34}{'name':<22}{'status':<12}{'trials':>9}{'best acc':>10}  created (UTC)"
+    print(header)
+    print("-" * len(header))
+    for job in page["items"]:
+        progress = job["progress"]
+        best = job.get("best_accuracy")
+        print(
+            f"{job['id']:<34}{(job.get('name') or '-')[:21]:<22}{job['status']:<12}"
+            f"{progress['trials_done']:>4}/{progress['n_trials']:<4}"
+            f"{(f'{100 * best:.1f}%' if best is not None else '-'):>10}  {job['created_at'][:19]}"
+        )
+    print(f"{len(page['items'])} of {page['total']} job(s)")
+    return 0
+
+
 class _Progress:
     """A tqdm bar over the job's trials (stderr), or nothing when quiet."""
 
@@ -214,6 +422,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results (front, hypervolume, trials) to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("serve", help="serve the REST API with one in-process job worker (Ctrl-C stops)")
+    p.add_argument("--host", help="interface to listen on (default: $SPARSE_NAS_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default: $SPARSE_NAS_PORT or 8000)")
+    p.add_argument("--no-worker", action="store_true", help="API only; run workers with `sparse-nas worker`")
+    p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser("worker", help="run search jobs from the service database (settings: SPARSE_NAS_*)")
+    p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.add_argument("--worker-id", help="this worker's name in the jobs table (default: host-pid-random)")
+    p.set_defaults(func=_cmd_worker)
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", help="the service (default: http://$SPARSE_NAS_HOST:$SPARSE_NAS_PORT)")
+    client.add_argument("--token", help="bearer token (default: $SPARSE_NAS_API_TOKEN)")
+    p = sub.add_parser("submit", parents=[client], help="submit a job spec to a running service")
+    p.add_argument("spec", help="job spec file, .yaml or .json (see docs/job_spec.md)")
+    p.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
+    p.add_argument("--wait", action="store_true", help="print trials as they finish until the job ends")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls with --wait (default 1)")
+    p.set_defaults(func=_cmd_submit)
+    p = sub.add_parser("jobs", parents=[client], help="list the jobs of a running service")
+    p.add_argument(
+        "--status", choices=("queued", "running", "cancelling", "cancelled", "succeeded", "failed"), help="filter"
+    )
+    p.add_argument("--limit", type=int, default=50, help="jobs to show, newest first (1-500, default 50)")
+    p.add_argument("--json", action="store_true", help="print the page as JSON")
+    p.set_defaults(func=_cmd_jobs)
     return parser
 
 
