@@ -45,7 +45,8 @@ def cubic_density(
         step: optimiser steps completed.
         start_step: ``t_0``, where pruning starts.
         end_step: ``t_0 + n dt``, where `final_density` is reached; ``>= start_step``.
-        final_density: ``d_f`` in (0, 1].
+        final_density: ``d_f`` in [0, 1] (0: a doped Kronecker layer whose searched
+            doping is none; its overlay is pruned away entirely).
         initial_density: ``d_i`` in [final_density, 1].
 
     Returns:
@@ -53,8 +54,8 @@ def cubic_density(
     """
     if end_step < start_step:
         raise InvalidCompressionError(f"end_step must be >= start_step={start_step}, got {end_step}")
-    if not 0.0 < final_density <= 1.0:
-        raise InvalidCompressionError(f"final_density must be in (0, 1], got {final_density}")
+    if not 0.0 <= final_density <= 1.0:
+        raise InvalidCompressionError(f"final_density must be in [0, 1], got {final_density}")
     if not final_density <= initial_density <= 1.0:
         raise InvalidCompressionError(
             f"initial_density must be in [final_density={final_density}, 1], got {initial_density}"

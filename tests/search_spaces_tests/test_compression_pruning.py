@@ -51,7 +51,11 @@ def test_cubic_density_from_a_partial_initial_density() -> None:
 
 def test_cubic_density_rejects_bad_arguments() -> None:
     with pytest.raises(InvalidCompressionError, match="final_density"):
-        cubic_density(0, 0, 10, 0.0)
+        cubic_density(0, 0, 10, -0.1)
+    with pytest.raises(InvalidCompressionError, match="final_density"):
+        cubic_density(0, 0, 10, 1.5)
+    # Zero is a valid end point: a doped Kronecker layer searched with no doping.
+    assert cubic_density(10, 0, 10, 0.0) == 0.0
     with pytest.raises(InvalidCompressionError, match="end_step"):
         cubic_density(0, 10, 5, 0.5)
 

@@ -518,3 +518,17 @@ def test_layerwise_pruning_schedule_drives_each_layer_to_its_own_target():
     frac = 1 - (half - phase.begin_step) / (phase.end_step - phase.begin_step)
     assert phase.density_at(pruned, half) == pytest.approx(0.2 + 0.8 * frac**3)
     assert result.val_accuracy > 0.5
+
+
+def test_layerwise_pruning_schedule_takes_a_doped_kronecker_layer_to_no_doping() -> None:
+    # Found by bench/search_quality.py: ds_cnn points with doping_density 0 failed to train.
+    from search_spaces.compression import make_linear
+    from sparse_nas.datasets import DatasetConfig, load_dataset
+    from sparse_nas.training import LayerwisePruningSchedulePhase, TrainConfig, train
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), make_linear("doped_kronecker", 64, 10, doping_density=0.0))
+    splits = load_dataset(DatasetConfig("digits", seed=0))
+    result = train(model, splits, TrainConfig(epochs=1, batch_size=64), phases=[LayerwisePruningSchedulePhase()])
+    assert result.aborted_reason is None
+    assert model[1].density == 0.0 and not model[1].sparse_overlay().any()
