@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -96,7 +97,10 @@ def _free_port() -> int:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
-def test_search_on_a_ray_cluster_started_with_ray_start_head(tmp_path: Path) -> None:
+def test_search_on_a_ray_cluster_started_with_ray_start_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray 2.60 enables token auth and keeps the token per user; a private test cluster
+    # on 127.0.0.1 runs without it, so an earlier local Ray's token cannot interfere.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     ray_cli = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     temp_dir = Path("/tmp") / f"snhead-{port}"  # Ray's socket paths must stay short
@@ -104,7 +108,7 @@ def test_search_on_a_ray_cluster_started_with_ray_start_head(tmp_path: Path) -> 
         ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
         "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]  # fmt: skip
-    started = subprocess.run(start, capture_output=True, text=True, timeout=180)
+    started = subprocess.run(start, capture_output=True, text=True, timeout=180, env=dict(os.environ))
     assert started.returncode == 0, started.stderr + started.stdout
     try:
         spec = job(
@@ -119,4 +123,4 @@ def test_search_on_a_ray_cluster_started_with_ray_start_head(tmp_path: Path) -> 
 
         assert not ray.is_initialized(), "the engine must disconnect from the cluster when done"
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=dict(os.environ))
