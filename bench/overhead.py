@@ -378,6 +378,9 @@ def main() -> None:
             _print_job(jobs[-1])
             write(None)
     summary = summarise(jobs)
+    if source_digest() != digest:
+        settings["warning"] = "the product's source changed during the benchmark; its figures mix code versions"
+        print(f"WARNING: {settings['warning']}", flush=True)
     out = write(summary)
     print()
     print(format_summary(summary, settings))
