@@ -10,6 +10,7 @@ so the later ones find it at head and do nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,15 @@ def current_revision(url: str) -> str | None:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the service tables at ``url`` to ``revision`` (a no-op when already there)."""
+    _migrate(url, command.upgrade, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the service tables at ``url`` down to ``revision`` (``"base"``: drop them)."""
+    _migrate(url, command.downgrade, revision)
+
+
+def _migrate(url: str, step: Callable[[Config, str], None], revision: str) -> None:
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
@@ -90,21 +100,7 @@ def upgrade(url: str, revision: str = "head") -> None:
             config = alembic_config()
             # env.py runs inside this transaction; it commits here, lock released with it.
             config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-            connection.commit()
-    finally:
-        engine.dispose()
-
-
-def downgrade(url: str, revision: str) -> None:
-    """Migrate the service tables at ``url`` down to ``revision`` (``"base"``: drop them)."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            _lock(connection)
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.downgrade(config, revision)
+            step(config, revision)
             connection.commit()
     finally:
         engine.dispose()

@@ -132,10 +132,11 @@ class SearchEngine:
         if stored is None:
             study.set_user_attr(SPEC_ATTR, self.spec.to_dict())
         else:
+            given = self.spec.to_dict()
             changed = sorted(
                 key
-                for key in set(stored) | set(self.spec.to_dict())
-                if key not in RESUMABLE_FIELDS and stored.get(key) != self.spec.to_dict().get(key)
+                for key in set(stored) | set(given)
+                if key not in RESUMABLE_FIELDS and stored.get(key) != given.get(key)
             )
             if changed:
                 raise JobMismatchError(
