@@ -322,6 +322,27 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: str, error
         return job
 
 
+def release_job(session: Session, job_id: str, worker_id: str) -> bool:
+    """Hand a running job back to the queue: its worker is shutting down mid-job.
+
+    The job becomes ``queued`` with no owner, so the next worker to look claims it at
+    once (instead of after ``stale_after_s``) and resumes its study. A job being
+    cancelled is not released: its worker finishes it as cancelled.
+
+    Returns:
+        Whether the job was released (False: ``worker_id`` does not own it running).
+    """
+    owned = and_(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIONS["release"]))
+    with _transaction(session):
+        released = session.execute(
+            update(Job)
+            .where(owned)
+            .values(status=QUEUED, worker_id=None, heartbeat_at=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return released.rowcount == 1
+
+
 # --- the user's side ---------------------------------------------------------------------
 
 

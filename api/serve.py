@@ -1,11 +1,15 @@
-"""``sparse-nas serve``: the API on uvicorn plus one job worker in a background thread.
+"""``sparse-nas serve``: the API on uvicorn plus one job worker in a child process.
 
-This is the embedded default: one process, a SQLite file (or any database URL), trials
-run in-process or on Ray as each job's spec says. The worker claims queued jobs and
-runs them while uvicorn answers requests. SIGINT or SIGTERM stops uvicorn gracefully
-(requests in flight finish) and tells the worker to take no new job; a job still
-running after :data:`SHUTDOWN_GRACE_S` is left to the next start, which takes it over
-once its heartbeat is stale and resumes its study.
+This is the embedded default: one command, a SQLite file (or any database URL), trials
+run in-process or on Ray as each job's spec says. The worker is its own process
+(``python -m api.worker``) at a lower CPU priority, so training never holds the API's
+GIL: requests are answered at the same latency whether or not a job runs. It gets the
+same settings through the environment and stops when this process dies.
+
+SIGINT or SIGTERM stops uvicorn gracefully (requests in flight finish) and the worker
+(its trial in flight finishes and is stored, its job goes back to the queue). A worker
+still busy after :data:`SHUTDOWN_GRACE_S` is killed; its job is then taken over by the
+next start once the heartbeat is stale, and its study resumed.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
-import threading
 from types import FrameType
 
 import uvicorn
@@ -26,14 +30,11 @@ from sparse_nas.search import open_storage
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 10.0
-"""How long shutdown waits for the worker thread to end its current job."""
-
-GIL_SWITCH_INTERVAL_S = 0.001
-"""How soon a thread holding the GIL hands it over (Python's default: 5 ms)."""
+SHUTDOWN_GRACE_S = 30.0
+"""How long shutdown waits for the worker to finish its trial in flight before killing it."""
 
 WORKER_NICENESS = 10
-"""How much lower the worker thread's CPU priority is than the API's (Linux: per thread)."""
+"""How much lower the worker's CPU priority is than the API's."""
 
 
 def dashboard_url(settings: Settings) -> str:
@@ -42,21 +43,38 @@ def dashboard_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}/"
 
 
-def _run_worker(settings: Settings, stop: threading.Event) -> None:
-    from api.worker import JobWorker
+def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """``python -m api.worker`` with ``settings`` in its environment, stopping when we die.
 
-    # Requests come first: training takes the CPU the API leaves (all of it when idle).
-    # On Linux a thread's nice value is its own, and threads it starts (torch's) inherit it.
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
-        except OSError as exc:
-            logger.info("cannot lower the worker thread's priority: %s", exc)
-    worker = JobWorker(settings)
+    Its output goes to ours (one log for the service). It runs in its own session, so a
+    Ctrl-C at the terminal reaches only us: we then stop it once, gracefully.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SPARSE_NAS_")}
+    env |= settings.as_environment()
+    command = [
+        sys.executable,
+        "-m",
+        "api.worker",
+        "--nice",
+        str(WORKER_NICENESS),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def stop_worker_process(worker: subprocess.Popen[bytes], grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """SIGTERM, then wait up to ``grace_s`` for the trial in flight to be stored; then kill."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
     try:
-        worker.run_forever(stop)
-    finally:
-        worker.close()
+        worker.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        logger.warning(
+            "the job worker is still in a trial after %.0f s; killing it (its job resumes at the next start)", grace_s
+        )
+        worker.kill()
+        worker.wait()
 
 
 def serve(settings: Settings, *, with_worker: bool = True) -> int:
@@ -64,7 +82,7 @@ def serve(settings: Settings, *, with_worker: bool = True) -> int:
 
     Args:
         settings: Host, port, token, database and directories.
-        with_worker: Also run a job worker in this process (``False``: API only, as in
+        with_worker: Also run a job worker (a child process; ``False``: API only, as in
             docker-compose where workers are their own service).
 
     Returns:
@@ -74,42 +92,26 @@ def serve(settings: Settings, *, with_worker: bool = True) -> int:
         InsecureBindError: The host is not loopback and no token is set.
     """
     check_bind(settings)
-    if with_worker:
-        # The worker's training loop holds the GIL between torch ops, and a request waits
-        # for it at each of its database calls. With a shorter interval and a lower
-        # priority for the worker thread, bench/api_load.py measured requests while a
-        # job trains at about 2/3 of their tail latency and 1.6x the throughput.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     url = settings.resolved_database_url()
     upgrade(url)
-    # Optuna's tables too, before the worker thread and the app both reach for them.
+    # Optuna's tables too, before the worker and the app both reach for them.
     open_storage(url).engine.dispose()
     app = create_app(settings)
-    stop = threading.Event()
-    worker_thread: threading.Thread | None = None
-    if with_worker:
-        worker_thread = threading.Thread(target=_run_worker, args=(settings, stop), name="job-worker", daemon=True)
-        worker_thread.start()
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    worker = start_worker_process(settings) if with_worker else None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # uvicorn handles the signal first, then restores this handler and raises the
-        # signal again: stop the worker instead of letting the default action kill us.
-        stop.set()
+        # signal again: the worker is stopped below, not by the default action.
+        pass
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(f"sparse-nas: dashboard at {dashboard_url(settings)} (API under /api, docs at /docs)", flush=True)
     try:
         server.run()
     finally:
-        stop.set()
+        if worker is not None:
+            stop_worker_process(worker)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if worker_thread is not None:
-            worker_thread.join(SHUTDOWN_GRACE_S)
-            if worker_thread.is_alive():
-                logger.warning(
-                    "the job worker is still running a job after %.0f s; it resumes at the next start",
-                    SHUTDOWN_GRACE_S,
-                )
     return 0 if server.started else 1

@@ -53,6 +53,19 @@ class Settings(BaseSettings):
     worker_poll_s: float = 1.0
     """How often an idle worker looks for a queued job."""
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as ``SPARSE_NAS_*`` variables, for a child process to read back.
+
+        A field that is None is absent (so the child takes the default too); the caller
+        must drop inherited ``SPARSE_NAS_*`` variables for that to hold.
+        """
+        prefix = self.model_config.get("env_prefix", "")
+        return {
+            f"{prefix}{name}".upper(): str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to ``state_dir/sparse-nas.db``."""
         if self.database_url:

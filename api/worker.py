@@ -22,10 +22,12 @@ import argparse
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -58,6 +60,9 @@ class JobWorker:
     def __init__(self, settings: Settings, worker_id: str | None = None):
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
+        self.shutdown = threading.Event()
+        """Set to stop: the running job is handed back to the queue after its current
+        trial (:func:`api.crud.release_job`), and no new job is claimed."""
         self.database_url = settings.resolved_database_url()
         upgrade(self.database_url)
         self.engine = make_engine(self.database_url)
@@ -73,9 +78,9 @@ class JobWorker:
         self._run(job)
         return job.id
 
-    def run_forever(self, stop: threading.Event | None = None) -> None:
-        """Run jobs until ``stop`` is set, looking for one every ``worker_poll_s`` when idle."""
-        stop = stop or threading.Event()
+    def run_forever(self) -> None:
+        """Run jobs until :attr:`shutdown` is set, looking for one every ``worker_poll_s`` when idle."""
+        stop = self.shutdown
         while not stop.is_set():
             try:
                 ran = self.run_once()
@@ -94,7 +99,7 @@ class JobWorker:
     # --- one job -------------------------------------------------------------------------
 
     def _run(self, job: Job) -> None:
-        watch = _JobWatch(self.sessions, job.id, self.worker_id, job.status)
+        watch = _JobWatch(self.sessions, job.id, self.worker_id, job.status, self.shutdown)
         beating = threading.Thread(
             target=watch.beat_until_stopped,
             args=(self.settings.heartbeat_interval_s,),
@@ -111,6 +116,11 @@ class JobWorker:
             logger.warning("worker %s: job %s was taken over by another worker; leaving it", self.worker_id, job.id)
             return
         with self.sessions() as session:
+            # Stopped by our own shutdown, not by a cancel: queue it for the next worker.
+            shut_down = status == CANCELLED and watch.status == RUNNING and self.shutdown.is_set()
+            if shut_down and crud.release_job(session, job.id, self.worker_id):
+                logger.info("worker %s: shutting down; job %s is queued again", self.worker_id, job.id)
+                return
             try:
                 crud.finish_job(session, job.id, self.worker_id, status, error)
             except InvalidTransitionError as exc:
@@ -151,11 +161,14 @@ class JobWorker:
 class _JobWatch:
     """The worker's view of its job's status, refreshed by each heartbeat (None: taken over)."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker_id: str, status: str):
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: str, worker_id: str, status: str, shutdown: threading.Event
+    ):
         self.sessions = sessions
         self.job_id = job_id
         self.worker_id = worker_id
         self.status: str | None = status
+        self.shutdown = shutdown
         self._stopped = threading.Event()
 
     @property
@@ -179,12 +192,12 @@ class _JobWatch:
                 logger.exception("job %s: heartbeat failed; trying again in %.1f s", self.job_id, interval_s)
 
     def should_stop(self) -> bool:
-        """Asked by the engine before each new trial: stop once cancelling or taken over."""
+        """Asked by the engine before each new trial: stop once cancelling, taken over or shutting down."""
         try:
             self.beat()
         except Exception:
             logger.exception("job %s: status check failed; going on with the last known status", self.job_id)
-        return self.status != RUNNING
+        return self.status != RUNNING or self.shutdown.is_set()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -241,26 +254,66 @@ class _Progress:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m api.worker [--once] [--worker-id ID]``: run one job worker."""
+    """``python -m api.worker [--once] [--worker-id ID] [--nice N] [--parent-pid PID]``: run one job worker.
+
+    SIGTERM or SIGINT stops it gracefully: the trial in flight finishes and is stored,
+    and the job goes back to the queue for the next worker (a second signal kills).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m api.worker",
         description="Run sparse-nas search jobs from the service database (settings: SPARSE_NAS_* variables).",
     )
     parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
     parser.add_argument("--worker-id", help="this worker's name in the jobs table (default: host-pid-random)")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="lower this process's CPU priority by N (so an API beside it stays quick)"
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop (as on SIGTERM) when this process, our parent, dies (Linux; used by sparse-nas serve)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.nice:
+        os.nice(args.nice)
     worker = JobWorker(get_settings(), worker_id=args.worker_id)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # A graceful stop: the current trial finishes and is stored, the job goes back to
+        # the queue. A second signal kills at once (the job is then taken over when stale).
+        name = signal.strsignal(signum)
+        logger.info("worker %s: %s received; stopping after the current trial", worker.worker_id, name)
+        worker.shutdown.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    if args.parent_pid is not None:
+        _signal_on_parent_death(args.parent_pid, signal.SIGTERM)
     try:
         if args.once:
             worker.run_once()
         else:
             worker.run_forever()
-    except KeyboardInterrupt:
-        return 130
     finally:
         worker.close()
     return 0
+
+
+def _signal_on_parent_death(parent_pid: int, signum: int) -> None:
+    """Have the kernel send ``signum`` to this process when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signum, 0, 0, 0) != 0:
+        logger.warning("cannot ask to be signalled when the parent dies: errno %d", ctypes.get_errno())
+    elif os.getppid() != parent_pid:
+        # The parent died before prctl took effect.
+        os.kill(os.getpid(), signum)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ FINISHED_STATUSES: tuple[str, ...] = (CANCELLED, SUCCEEDED, FAILED)
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, CANCELLED}),
-    RUNNING: frozenset({CANCELLING, SUCCEEDED, FAILED, CANCELLED}),
+    # running -> queued: its worker shut down cleanly and handed the job back (release).
+    RUNNING: frozenset({QUEUED, CANCELLING, SUCCEEDED, FAILED, CANCELLED}),
     CANCELLING: frozenset({CANCELLED, SUCCEEDED, FAILED}),
     CANCELLED: frozenset({QUEUED}),
     FAILED: frozenset({QUEUED}),
@@ -55,9 +56,10 @@ ACTIONS: Mapping[str, tuple[str, ...]] = {
     "resume": (CANCELLED, FAILED),
     "delete": (QUEUED, *FINISHED_STATUSES),
     "finish": ACTIVE_STATUSES,
+    "release": (RUNNING,),
 }
 """Action -> the statuses that allow it (``claim`` takes an active job only once its
-heartbeat is stale; ``finish`` only by the job's own worker)."""
+heartbeat is stale; ``finish`` and ``release`` only by the job's own worker)."""
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

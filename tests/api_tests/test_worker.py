@@ -228,11 +228,10 @@ def test_a_cancelling_job_taken_over_from_a_dead_worker_ends_cancelled(sqlite_ur
 
 def test_run_forever_runs_queued_jobs_until_stopped(sqlite_url, worker_factory):
     worker = worker_factory(sqlite_url)
-    stop = threading.Event()
-    thread, _ = in_background(lambda: worker.run_forever(stop))
+    thread, _ = in_background(worker.run_forever)
     job = submit(worker, n_trials=1)
     wait_for(lambda: job_of(worker, job.id).status == "succeeded", 120, "the job to succeed")
-    stop.set()
+    worker.shutdown.set()
     thread.join(timeout=10)
     assert not thread.is_alive()
 
@@ -308,6 +307,65 @@ def test_a_job_whose_worker_is_killed_is_taken_over_and_keeps_its_trials(db_url,
                 process.terminate()
                 process.wait(timeout=30)
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_worker_after_its_trial_and_queues_the_job_again(sqlite_url, tmp_path):
+    engine = make_engine(sqlite_url)
+    sessions = make_session_factory(engine)
+    first = start_worker(sqlite_url, tmp_path, "first")
+    second = None
+    try:
+        wait_for(lambda: _has_jobs_table(sqlite_url), 60, "the first worker's migration")
+        with sessions() as session:
+            spec = SearchJobSpec.model_validate(SPEC | {"n_trials": 8, "training": {"epochs": 2, "batch_size": 64}})
+            job = crud.create_job(session, spec)[0]
+        wait_for(
+            lambda: _study_exists(sqlite_url, job.study_name) and len(completed(trials(sqlite_url, job.study_name))) >= 1,
+            120,
+            "a completed trial",
+        )
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 0
+        with sessions() as session:
+            released = crud.get_job(session, job.id)
+        # Handed back at once, not left running until its heartbeat goes stale.
+        assert (released.status, released.worker_id, released.heartbeat_at) == ("queued", None, None)
+        before = trials(sqlite_url, job.study_name)
+        # The trial in flight at the signal finished and was stored: nothing is interrupted.
+        assert all(t.state not in (TrialState.RUNNING, TrialState.WAITING) for t in before)
+        assert not any(t.user_attrs.get("status") == "interrupted" for t in before)
+        kept = completed(before)
+
+        second = start_worker(sqlite_url, tmp_path, "second")
+        wait_for(lambda: _status(sessions, job.id) in ("succeeded", "failed"), 180, "the job to finish")
+        with sessions() as session:
+            done = crud.get_job(session, job.id)
+        assert done.status == "succeeded", done.error
+        assert done.worker_id == "second" and done.trials_done == 8
+        final = trials(sqlite_url, job.study_name)
+        assert counted(final) == 8
+        assert {number: completed(final)[number] for number in kept} == kept
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+        engine.dispose()
+
+
+def test_a_worker_started_with_parent_pid_stops_when_that_parent_is_gone(sqlite_url, tmp_path):
+    # A pid that is not our parent: the worker must see at once that "its parent" is gone.
+    env = os.environ | {"SPARSE_NAS_DATABASE_URL": sqlite_url, "SPARSE_NAS_STATE_DIR": str(tmp_path / "state")}
+    process = subprocess.run(
+        [sys.executable, "-m", "api.worker", "--parent-pid", str(os.getpid() + 10_000_000)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr.decode()
+    assert b"SIGTERM" in process.stderr or b"Terminated" in process.stderr
 
 
 def _has_jobs_table(url: str) -> bool:
