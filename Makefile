@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/sparse-nas search examples/quickstart.yaml --json sparse-nas-state/quickstart-results.json
+	$(BIN)/sparse-nas quickstart examples/quickstart.yaml
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -63,18 +63,17 @@ def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 
-def stop_worker_process(worker: subprocess.Popen[bytes], grace_s: float = SHUTDOWN_GRACE_S) -> None:
-    """SIGTERM, then wait up to ``grace_s`` for the trial in flight to be stored; then kill."""
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
+def stop_child(process: subprocess.Popen[bytes], grace_s: float = SHUTDOWN_GRACE_S, *, signal_it: bool = True) -> None:
+    """Stop a child gracefully: SIGTERM (unless ``signal_it`` is False: it was already
+    signalled, e.g. by the terminal's Ctrl-C), wait up to ``grace_s``, then kill it."""
+    if signal_it and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     try:
-        worker.wait(grace_s)
+        process.wait(grace_s)
     except subprocess.TimeoutExpired:
-        logger.warning(
-            "the job worker is still in a trial after %.0f s; killing it (its job resumes at the next start)", grace_s
-        )
-        worker.kill()
-        worker.wait()
+        logger.warning("%s is still busy after %.0f s; killing it", " ".join(map(str, process.args)), grace_s)
+        process.kill()
+        process.wait()
 
 
 def serve(settings: Settings, *, with_worker: bool = True) -> int:
@@ -111,7 +110,8 @@ def serve(settings: Settings, *, with_worker: bool = True) -> int:
         server.run()
     finally:
         if worker is not None:
-            stop_worker_process(worker)
+            # A job still in a trial after the grace period is taken over at the next start.
+            stop_child(worker)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if server.started else 1
