@@ -95,6 +95,21 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
 }
 
 
+MAX_DEVICE_VALUES: Mapping[str, float] = {
+    "clock_hz": 1e11,
+    "flash_bytes": 2**40,
+    "sram_bytes": 2**40,
+    "sram_overhead_bytes": 2**40,
+    "active_power_mw": 1e6,
+    "op_overhead_cycles": 1e9,
+}
+"""Upper bounds far beyond any microcontroller: a value above one is a typo (or a unit
+mistake), and would push the cost arithmetic to overflow."""
+
+MAX_CYCLES = 1e9
+"""Upper bound of each per-MAC, per-output and per-element cycle count."""
+
+
 def _positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
 
@@ -112,6 +127,8 @@ def _cycles_table(
         if not (_positive(v) or (allow_zero and v == 0 and not isinstance(v, bool))):
             what = "zero or a positive" if allow_zero else "a positive"
             raise InvalidDeviceError(f"{where}.{k}: expected {what} number of cycles, got {v!r}")
+        if v > MAX_CYCLES:
+            raise InvalidDeviceError(f"{where}.{k}: must be at most {MAX_CYCLES:,.0f} cycles, got {v!r}")
     return FrozenMap({k: float(v) for k, v in table.items()})
 
 
@@ -140,6 +157,9 @@ def device_from_dict(data: Mapping[str, Any], origin: str = "device") -> DeviceS
     for key in ("sram_overhead_bytes", "op_overhead_cycles"):
         if data[key] < 0:
             raise InvalidDeviceError(f"{origin}.{key}: must be zero or positive, got {data[key]!r}")
+    for key, limit in MAX_DEVICE_VALUES.items():
+        if data[key] > limit:
+            raise InvalidDeviceError(f"{origin}.{key}: must be at most {limit:,.0f}, got {data[key]!r}")
     if data["sram_overhead_bytes"] >= data["sram_bytes"]:
         raise InvalidDeviceError(f"{origin}.sram_overhead_bytes: must be below sram_bytes ({data['sram_bytes']})")
     sources = data.get("sources", {})

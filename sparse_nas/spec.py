@@ -65,6 +65,21 @@ DEFAULT_INITIAL_TRIALS = 10
 Count = Annotated[int, Strict()]
 """An integer that must be given as one (``true`` and ``4.0`` are refused)."""
 
+# Upper bounds: far beyond any sensible job, they keep a typo (or a fuzzer) from
+# queueing a job that can never end, or a number the database or numpy cannot hold.
+MAX_SEED = 2**32 - 1
+"""numpy's and the samplers' seed range."""
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 1_048_576
+MAX_CONCURRENCY = 4096
+MAX_CPUS_PER_TRIAL = 1024
+MAX_BUDGET_BYTES = 2**40
+"""1 TiB: no microcontroller comes near it; use no budget instead."""
+MAX_BUDGET_LATENCY_MS = 86_400_000.0
+"""One day."""
+MAX_SUBSET = 2**31 - 1
+
 _MULTI_FIDELITY_FIELDS = frozenset({"early_stopping", "min_epochs"})
 
 
@@ -129,7 +144,7 @@ class DatasetSpec(_SpecModel):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
     val_fraction: float = 0.1
-    train_subset: Count | None = None
+    train_subset: Count | None = Field(default=None, le=MAX_SUBSET)
     binary_groups: tuple[tuple[Count, ...], tuple[Count, ...]] | None = None
 
     @field_validator("name")
@@ -228,9 +243,9 @@ class BudgetsSpec(_SpecModel):
         max_latency_ms: Inference latency at the device's clock, milliseconds.
     """
 
-    max_flash_bytes: Count | None = None
-    max_sram_bytes: Count | None = None
-    max_latency_ms: float | None = None
+    max_flash_bytes: Count | None = Field(default=None, le=MAX_BUDGET_BYTES)
+    max_sram_bytes: Count | None = Field(default=None, le=MAX_BUDGET_BYTES)
+    max_latency_ms: float | None = Field(default=None, le=MAX_BUDGET_LATENCY_MS)
 
     @field_validator("max_flash_bytes", "max_sram_bytes", "max_latency_ms")
     @classmethod
@@ -274,8 +289,8 @@ class TrainingSpec(_SpecModel):
         min_epochs: Epochs every trial trains before it may be stopped early.
     """
 
-    epochs: Count = 10
-    batch_size: Count = 128
+    epochs: Count = Field(default=10, le=MAX_EPOCHS)
+    batch_size: Count = Field(default=128, le=MAX_BATCH_SIZE)
     lr: float = 3e-3
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
@@ -285,14 +300,14 @@ class TrainingSpec(_SpecModel):
     final_lr_fraction: float | None = None
     label_smoothing: float = 0.0
     grad_clip_norm: float | None = None
-    eval_batch_size: Count = 2048
+    eval_batch_size: Count = Field(default=2048, le=MAX_BATCH_SIZE)
     drop_last: bool = True
     divergence_loss_factor: float = 10.0
     check_every_steps: Count = 50
     memory_format: str = "channels_last"
     precision: str = "fp32"
     early_stopping: bool = False
-    min_epochs: Count = 1
+    min_epochs: Count = Field(default=1, le=MAX_EPOCHS)
 
     @model_validator(mode="after")
     def _valid_for_trainer(self) -> TrainingSpec:
@@ -339,8 +354,8 @@ class ExecutionSpec(_SpecModel):
 
     backend: BackendName = "inprocess"
     ray_address: str | None = None
-    concurrency: Count = Field(default=1, ge=1)
-    cpus_per_trial: Count = Field(default=1, ge=1)
+    concurrency: Count = Field(default=1, ge=1, le=MAX_CONCURRENCY)
+    cpus_per_trial: Count = Field(default=1, ge=1, le=MAX_CPUS_PER_TRIAL)
 
     @model_validator(mode="after")
     def _fits_backend(self) -> ExecutionSpec:
@@ -392,7 +407,7 @@ class SearchJobSpec(_SpecModel):
     """
 
     name: str | None = None
-    seed: Count = Field(default=0, ge=0)
+    seed: Count = Field(default=0, ge=0, le=MAX_SEED)
     dataset: DatasetSpec
     search_space: SearchSpaceSpec
     device: str | dict[str, Any]
@@ -400,8 +415,8 @@ class SearchJobSpec(_SpecModel):
     budgets: BudgetsSpec = Field(default_factory=BudgetsSpec)
     objectives: tuple[ObjectiveName, ...] = DEFAULT_OBJECTIVES
     strategy: StrategyName = "mobo"
-    n_trials: Count = Field(default=40, ge=1)
-    initial_trials: Count = Field(default=DEFAULT_INITIAL_TRIALS, ge=1)
+    n_trials: Count = Field(default=40, ge=1, le=MAX_TRIALS)
+    initial_trials: Count = Field(default=DEFAULT_INITIAL_TRIALS, ge=1, le=MAX_TRIALS)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
 

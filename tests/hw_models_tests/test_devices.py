@@ -15,7 +15,7 @@ from hw_models import (
     list_devices,
     load_device,
 )
-from hw_models.devices import CATALOGUE
+from hw_models.devices import CATALOGUE, MAC_OP_KINDS
 
 from .conftest import make_device_dict
 
@@ -65,6 +65,10 @@ def test_unknown_device_lists_the_known_ones():
         ({"cycles_per_mac": {"conv2d": 1.0}}, r"\.cycles_per_mac: needs exactly the op kinds .*missing \['depthwise_conv2d'"),
         ({"colour": "blue"}, r"unknown field\(s\) \['colour'\]"),
         ({"sram_overhead_bytes": 1 << 20}, r"\.sram_overhead_bytes: must be below sram_bytes"),
+        ({"sram_bytes": 10**30}, r"\.sram_bytes: must be at most 1,099,511,627,776"),
+        ({"clock_hz": 1e300}, r"\.clock_hz: must be at most 100,000,000,000"),
+        ({"op_overhead_cycles": 1e308}, r"\.op_overhead_cycles: must be at most 1,000,000,000"),
+        ({"cycles_per_mac": {k: 1e30 for k in MAC_OP_KINDS}}, r"\.cycles_per_mac\.conv2d: must be at most 1,000,000,000 cycles"),
     ],
 )
 def test_malformed_device_errors_name_the_field(change, message):

@@ -245,6 +245,14 @@ INVALID = [
     pytest.param(spec_with(execution={"backend": "dask"}), ("execution", "backend"), ["'inprocess' or 'ray'"], id="backend"),
     pytest.param(spec_with(seed=-1), ("seed",), ["greater than or equal to 0"], id="seed"),
     pytest.param(spec_with(device=None), ("device",), ["required"], id="no-device"),
+    pytest.param(spec_with(seed=2**32), ("seed",), ["less than or equal to 4294967295"], id="seed-too-big"),
+    pytest.param(spec_with(n_trials=10**15), ("n_trials",), ["less than or equal to 100000"], id="too-many-trials"),
+    pytest.param(spec_with(training={"epochs": 10**9}), ("training", "epochs"), ["less than or equal to 10000"], id="too-many-epochs"),
+    pytest.param(spec_with(training={"batch_size": 10**12}), ("training", "batch_size"), ["less than or equal to 1048576"], id="huge-batch"),
+    pytest.param(spec_with(budgets={"max_sram_bytes": 10**30}), ("budgets", "max_sram_bytes"), ["less than or equal to 1099511627776"], id="huge-budget"),
+    pytest.param(spec_with(execution={"backend": "ray", "concurrency": 10**9}), ("execution", "concurrency"), ["less than or equal to 4096"], id="huge-concurrency"),
+    pytest.param(spec_with(dataset={"name": "digits", "train_subset": 10**20}), ("dataset", "train_subset"), ["less than or equal to 2147483647"], id="huge-subset"),
+    pytest.param(spec_with(device=get_device("stm32f446re").to_dict() | {"name": "big", "flash_bytes": 10**30}), ("device", "flash_bytes"), ["must be at most 1,099,511,627,776"], id="device-flash-too-big"),
 ]
 # fmt: on
 
