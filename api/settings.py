@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None
     """Where trained weights are stored; None: ``state_dir/artifacts``."""
 
+    ray_address: str | None = None
+    """Ray cluster for jobs with ``backend: ray`` that name none (``"ray-head:6379"`` in
+    docker-compose); None: such a job starts a private local Ray in its worker."""
+
     # --- the service -------------------------------------------------------------------
 
     host: str = "127.0.0.1"

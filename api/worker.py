@@ -39,6 +39,7 @@ from api.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from sparse_nas.search import TrialRecord
+    from sparse_nas.spec import SearchJobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class JobWorker:
             from sparse_nas.search import SearchEngine
             from sparse_nas.spec import SearchJobSpec
 
-            spec = SearchJobSpec.model_validate(job.spec)
+            spec = with_default_ray_address(SearchJobSpec.model_validate(job.spec), self.settings.ray_address)
             progress = _Progress(self.sessions, job.id, self.worker_id)
             progress.load(self.database_url, job.study_name)
             engine = SearchEngine(
@@ -156,6 +157,18 @@ class JobWorker:
         if engine.stopped:
             return CANCELLED, None
         return SUCCEEDED, None
+
+
+def with_default_ray_address(spec: SearchJobSpec, ray_address: str | None) -> SearchJobSpec:
+    """``spec`` with the service's Ray cluster filled in when it runs on Ray and names none.
+
+    The stored spec keeps ``ray_address: null`` (the job's own choice is "wherever the
+    service runs Ray"); the engine accepts a changed ``execution`` on resume.
+    """
+    execution = spec.execution
+    if ray_address is None or execution.backend != "ray" or execution.ray_address is not None:
+        return spec
+    return spec.model_copy(update={"execution": execution.model_copy(update={"ray_address": ray_address})})
 
 
 class _JobWatch:

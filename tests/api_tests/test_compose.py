@@ -84,6 +84,16 @@ def test_the_api_listens_on_the_settings_port_with_a_token_and_postgres(compose)
         assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url, name
 
 
+def test_the_worker_sends_ray_jobs_to_the_compose_ray_head(compose):
+    services = compose["services"]
+    host, port = services["worker"]["environment"]["SPARSE_NAS_RAY_ADDRESS"].split(":")
+    assert host in services and _command(services[host]).startswith("ray start --head")
+    assert f"--port={port}" in _command(services[host])
+    assert f"--address={host}:{port}" in _command(services["ray-worker"])
+    # The worker keeps the shared settings (database, token, directories) too.
+    assert services["worker"]["environment"]["SPARSE_NAS_DATABASE_URL"].startswith("postgresql+psycopg://")
+
+
 def test_the_image_installs_the_package_with_cpu_torch(dockerfile):
     lines = [line.strip() for line in dockerfile.splitlines()]
     torch = [line for line in lines if "torch==2.13.0" in line]

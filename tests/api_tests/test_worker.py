@@ -236,6 +236,18 @@ def test_run_forever_runs_queued_jobs_until_stopped(sqlite_url, worker_factory):
     assert not thread.is_alive()
 
 
+def test_the_service_ray_address_fills_in_only_ray_jobs_that_name_none():
+    from api.worker import with_default_ray_address
+
+    ray_job = SearchJobSpec.model_validate(SPEC | {"execution": {"backend": "ray"}})
+    assert with_default_ray_address(ray_job, "ray-head:6379").execution.ray_address == "ray-head:6379"
+    assert with_default_ray_address(ray_job, None) == ray_job
+    named = SearchJobSpec.model_validate(SPEC | {"execution": {"backend": "ray", "ray_address": "other:6379"}})
+    assert with_default_ray_address(named, "ray-head:6379").execution.ray_address == "other:6379"
+    local = SearchJobSpec.model_validate(SPEC)
+    assert with_default_ray_address(local, "ray-head:6379").execution.ray_address is None
+
+
 def test_main_once_migrates_the_database_and_exits_when_there_is_no_job(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'service.db'}"
     monkeypatch.setenv("SPARSE_NAS_DATABASE_URL", url)
