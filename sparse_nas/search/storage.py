@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def open_storage(url: str) -> RDBStorage:
     else:
         engine_kwargs["pool_pre_ping"] = True
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = _create_rdb_storage(url, engine_kwargs)
     except Exception as exc:
         raise StorageError(
             f"storage {_redact(url)!r} cannot be opened: {type(exc).__name__}: {exc}; expected a SQLAlchemy URL "
@@ -60,6 +61,26 @@ def open_storage(url: str) -> RDBStorage:
         event.listen(storage.engine, "connect", _sqlite_wal)
         storage.engine.dispose()  # reconnect with the pragmas
     return storage
+
+
+CREATE_ATTEMPTS = 3
+"""Tries at opening a storage whose tables another process may be creating right now."""
+
+
+def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> RDBStorage:
+    # On a fresh database, two processes starting together (the API and a worker in
+    # docker-compose) both create Optuna's tables; the one that loses the race fails with
+    # "already exists" (or a unique violation on the version table). The tables are
+    # then there: opening again succeeds.
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as exc:
+            racing = "already exists" in str(exc).lower() or "unique" in str(exc).lower()
+            if attempt == CREATE_ATTEMPTS or not racing:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
