@@ -1,6 +1,6 @@
 """Load benchmark of the REST API (issue 7 goals).
 
-Against ``sparse-nas serve`` (uvicorn on 127.0.0.1, SQLite, its in-process job worker
+Against ``sparse-nas serve`` (uvicorn on 127.0.0.1, SQLite, its job worker process
 running a long job the whole time):
 
 * **polling**: 50 concurrent clients for 30 s, each alternating
@@ -17,7 +17,7 @@ Clients are ``httpx.AsyncClient`` tasks in this process, on the same 2 cores as 
 server: the latencies include the client's own share of the CPU.
 
 Usage: .venv/bin/python bench/api_load.py [--clients 50] [--duration-s 30] [--interval-s 1.0]
-       [--submissions 200] [--worker inprocess|separate]
+       [--submissions 200] [--worker serve|separate]
 Prints the figures and writes bench/results/api_load.json (``--worker separate``:
 api_load_separate_worker.json).
 """
@@ -291,9 +291,10 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=200)
     parser.add_argument(
         "--worker",
-        choices=("inprocess", "separate"),
-        default="inprocess",
-        help="the job worker as a thread of the API process (sparse-nas serve) or its own process",
+        choices=("serve", "separate"),
+        default="serve",
+        help="the job worker started by sparse-nas serve (the embedded default), or a separate "
+        "sparse-nas worker beside serve --no-worker",
     )
     args = parser.parse_args()
 
@@ -346,7 +347,7 @@ def main() -> None:
         **result,
         "goals_met": goals,
     }
-    path = RESULTS / ("api_load.json" if args.worker == "inprocess" else "api_load_separate_worker.json")
+    path = RESULTS / ("api_load.json" if args.worker == "serve" else "api_load_separate_worker.json")
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
