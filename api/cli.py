@@ -6,9 +6,12 @@ Subcommands:
     datasets [list|download]     the datasets and their files
     search SPEC.yaml             run (or resume) a search job here; prints the Pareto front
     serve                        the REST API plus one job worker (the embedded default)
+    quickstart SPEC.yaml         serve, run the job, print its front; the service stays up
     worker                       a job worker on the service database
     submit SPEC.yaml             submit a job to a running service (--wait follows it to its end)
     jobs                         list the service's jobs
+    export JOB TRIAL --format F  a trained trial as a zipped bundle (pytorch, onnx, onnx-int8) with its manifest
+    finalize JOB TRIAL           retrain a trial on train + validation for more epochs, store it (then export)
 Sizes are printed in KiB (the edge of the system); JSON output keeps bytes.
 """
 
@@ -17,15 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from api.errors import ServiceError
+from api.client import ServiceClient, read_spec_document
+from api.console import job_summary, kib, trial_line
 from api.settings import get_settings
 from hw_models import (
     CostReport,
@@ -41,13 +41,9 @@ from hw_models.runtimes import RUNTIMES
 from sparse_nas.errors import SparseNASError
 
 if TYPE_CHECKING:
+    from api.db import Job
+    from sparse_nas.export import TrialSource, WeightsChoice
     from sparse_nas.search import TrialRecord
-
-KIB = 1024
-
-
-def _kib(n_bytes: float) -> str:
-    return f"{n_bytes / KIB:.1f}"
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
@@ -60,8 +56,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     print("-" * len(header))
     for d in devices:
         print(
-            f"{d.name:<22}{d.core:<15}{d.clock_hz / 1e6:>10.0f}{_kib(d.flash_bytes):>11}"
-            f"{_kib(d.sram_bytes):>10}  {d.display_name}"
+            f"{d.name:<22}{d.core:<15}{d.clock_hz / 1e6:>10.0f}{kib(d.flash_bytes):>11}"
+            f"{kib(d.sram_bytes):>10}  {d.display_name}"
         )
     return 0
 
@@ -77,7 +73,7 @@ def _format_report(r: CostReport) -> str:
         name = layer.name + (f" (+{', '.join(layer.fused)})" if layer.fused else "")
         lines.append(
             f"{name[:23]:<24}{layer.op:<18}{shape:<16}{layer.nonzero_params:>9}{layer.macs:>12}"
-            f"{_kib(layer.model_bytes):>10}{_kib(layer.output_bytes):>9}{layer.latency_ms:>9.3f}"
+            f"{kib(layer.model_bytes):>10}{kib(layer.output_bytes):>9}{layer.latency_ms:>9.3f}"
         )
     flash_pct = 100 * r.flash_bytes / r.device_flash_bytes
     sram_pct = 100 * r.sram_bytes / r.device_sram_bytes
@@ -85,13 +81,13 @@ def _format_report(r: CostReport) -> str:
         "",
         f"params          {r.params} ({r.nonzero_params} non-zero)",
         f"MACs            {r.macs}",
-        f"flash           {_kib(r.flash_bytes)} KiB of {_kib(r.device_flash_bytes)} ({flash_pct:.1f}%)"
-        f"  = model {_kib(r.model_bytes)} + runtime code {_kib(r.runtime_code_bytes)}",
-        f"SRAM            {_kib(r.sram_bytes)} KiB of {_kib(r.device_sram_bytes)} ({sram_pct:.1f}%)"
-        f"  = arena {_kib(r.arena_bytes)} + persistent {_kib(r.persistent_bytes)}"
-        f" + firmware {_kib(r.sram_overhead_bytes)}",
-        f"working memory  {_kib(r.working_memory_bytes)} KiB (SpArSe WM); live-bytes lower bound"
-        f" {_kib(r.peak_live_bytes)} KiB",
+        f"flash           {kib(r.flash_bytes)} KiB of {kib(r.device_flash_bytes)} ({flash_pct:.1f}%)"
+        f"  = model {kib(r.model_bytes)} + runtime code {kib(r.runtime_code_bytes)}",
+        f"SRAM            {kib(r.sram_bytes)} KiB of {kib(r.device_sram_bytes)} ({sram_pct:.1f}%)"
+        f"  = arena {kib(r.arena_bytes)} + persistent {kib(r.persistent_bytes)}"
+        f" + firmware {kib(r.sram_overhead_bytes)}",
+        f"working memory  {kib(r.working_memory_bytes)} KiB (SpArSe WM); live-bytes lower bound"
+        f" {kib(r.peak_live_bytes)} KiB",
         f"latency         {r.latency_ms:.2f} ms   energy {r.energy_mj:.3f} mJ",
         f"fits            flash: {'yes' if r.fits_flash else 'NO'}   SRAM: {'yes' if r.fits_sram else 'NO'}",
     ]
@@ -173,13 +169,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
 # --- the service ---------------------------------------------------------------------------
 
 
-class ServiceClientError(ServiceError, RuntimeError):
-    """The service could not be reached, or refused a request (the message has its errors)."""
-
-
-FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -193,6 +182,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     check_bind(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(settings, with_worker=not args.no_worker)
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from api.quickstart import quickstart
+
+    settings = get_settings()
+    if args.port is not None:
+        settings = settings.model_copy(update={"port": args.port})
+    return quickstart(settings, Path(args.spec), exit_when_done=args.exit_when_done)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -214,143 +212,30 @@ def _service_url(args: argparse.Namespace) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def _token(args: argparse.Namespace) -> str | None:
-    return args.token if args.token is not None else get_settings().api_token
-
-
-def _http(
-    method: str,
-    url: str,
-    token: str | None,
-    body: Any = None,
-    headers: Mapping[str, str] | None = None,
-    timeout_s: float = 60.0,
-) -> tuple[int, Any]:
-    """One JSON request to the service; returns (status, decoded body).
-
-    Raises:
-        ServiceClientError: The service is unreachable or answered with an error status.
-    """
-    data = None if body is None else json.dumps(body).encode()
-    all_headers = {"Accept": "application/json", **(headers or {})}
-    if data is not None:
-        all_headers["Content-Type"] = "application/json"
-    if token:
-        all_headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        raise ServiceClientError(_http_error_message(exc.code, exc.read())) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ServiceClientError(f"cannot reach the service at {url}: {reason}") from None
-
-
-def _http_error_message(status: int, raw: bytes) -> str:
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        return f"HTTP {status}: {raw[:200].decode(errors='replace')}"
-    if not isinstance(payload, dict):
-        return f"HTTP {status}: {payload}"
-    lines = [f"HTTP {status}: {payload.get('detail', '')}"]
-    for error in payload.get("errors") or []:
-        where = ".".join(str(part) for part in error.get("loc", [])) or "(request)"
-        lines.append(f"  {where}: {error.get('msg', '')}")
-    return "\n".join(lines)
-
-
-def _read_spec_document(path: Path) -> dict[str, Any]:
-    """The spec file's mapping, unvalidated: the service validates it (and knows its devices)."""
-    from sparse_nas.spec import SpecFileError
-
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".yaml", ".yml"):
-        raise SpecFileError(f"spec file {str(path)!r}: expected a .json, .yaml or .yml file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecFileError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError: the message says where
-        raise SpecFileError(f"spec file {str(path)!r} does not parse: {exc}") from None
-    if not isinstance(data, dict):
-        raise SpecFileError(f"spec file {str(path)!r}: expected a mapping of fields, got {type(data).__name__}")
-    return data
+def _client(args: argparse.Namespace) -> ServiceClient:
+    """A client of ``--url`` with ``--token`` (defaults from the settings)."""
+    token = args.token if args.token is not None else get_settings().api_token
+    return ServiceClient(_service_url(args), token)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    base, token = _service_url(args), _token(args)
-    spec = _read_spec_document(Path(args.spec))
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    status, job = _http("POST", f"{base}/api/jobs", token, spec, headers)
-    how = "submitted" if status == 201 else "already submitted with this idempotency key"
+    client = _client(args)
+    job, created = client.submit(read_spec_document(Path(args.spec)), args.idempotency_key)
+    how = "submitted" if created else "already submitted with this idempotency key"
     print(f"job {job['id']} {how} ({job['status']}, {job['progress']['n_trials']} trials)")
     if not args.wait:
         return 0
     try:
-        return _wait(base, token, job["id"], args.poll)
+        done = client.follow(job["id"], args.poll, lambda trial: print(trial_line(trial), flush=True))
     except KeyboardInterrupt:
         print(f"stopped waiting; job {job['id']} goes on (sparse-nas jobs)", file=sys.stderr)
         return 130
-
-
-def _trial_line(trial: Mapping[str, Any]) -> str:
-    costs = trial.get("costs") or {}
-    accuracy = (trial.get("measured") or {}).get("val_accuracy")
-    parts = [f"trial {trial['number']:>4}", f"{trial['status']:<11}"]
-    parts.append(f"acc {100 * accuracy:5.1f}%" if accuracy is not None else "acc     -")
-    for metric, label in (("flash_bytes", "flash"), ("sram_bytes", "SRAM")):
-        if costs.get(metric) is not None:
-            parts.append(f"{label} {_kib(costs[metric])} KiB")
-    if trial.get("reason"):
-        parts.append(f"({trial['reason']})")
-    return "  ".join(parts)
-
-
-def _wait(base: str, token: str | None, job_id: str, poll_s: float) -> int:
-    """Print the job's trials as they finish until the job ends; 0 when it succeeded."""
-    after = -1
-    quoted = urllib.parse.quote(job_id, safe="")
-    while True:
-        # Read the status first: once it is final, the trials read after it are all there.
-        _, job = _http("GET", f"{base}/api/jobs/{quoted}", token)
-        while True:
-            _, page = _http("GET", f"{base}/api/jobs/{quoted}/trials?after={after}&limit=500", token)
-            for trial in page["items"]:
-                if trial["number"] <= page["next_after"]:
-                    print(_trial_line(trial), flush=True)
-            after = page["next_after"]
-            if not page["has_more"]:
-                break
-        if job["status"] in FINISHED_JOB_STATUSES:
-            break
-        time.sleep(poll_s)
-    best = job.get("best_accuracy")
-    summary = f"job {job_id} {job['status']}: {job['progress']['trials_done']}/{job['progress']['n_trials']} trials"
-    if best is not None:
-        summary += f", best feasible accuracy {100 * best:.1f}%"
-    if job.get("error"):
-        summary += f"; error: {job['error']}"
-    print(summary)
-    return 0 if job["status"] == "succeeded" else 1
+    print(job_summary(done))
+    return 0 if done["status"] == "succeeded" else 1
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    base, token = _service_url(args), _token(args)
-    query = {"limit": str(args.limit)}
-    if args.status:
-        query["status"] = args.status
-    _, page = _http("GET", f"{base}/api/jobs?{urllib.parse.urlencode(query)}", token)
+    page = _client(args).jobs(status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps(page, indent=2))
         return 0
@@ -367,6 +252,99 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         )
     print(f"{len(page['items'])} of {page['total']} job(s)")
     return 0
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def _local_trial_source(args: argparse.Namespace) -> tuple[TrialSource, Job | None]:
+    """JOB as a job of the service database (its study), else as a study name (`sparse-nas search`)."""
+    from sqlalchemy import inspect
+
+    from api import crud
+    from api.db import make_engine, make_session_factory
+    from api.db.models import JOBS_TABLE
+    from api.errors import JobNotFoundError
+    from api.service import parse_spec
+    from sparse_nas.export import TrialSource
+
+    settings = get_settings()
+    url = args.storage or settings.resolved_database_url()
+    job = None
+    engine = make_engine(url)
+    try:
+        if inspect(engine).has_table(JOBS_TABLE):
+            with make_session_factory(engine)() as session:
+                try:
+                    job = crud.get_job(session, args.job)
+                except JobNotFoundError:
+                    job = None
+    finally:
+        engine.dispose()
+    source = TrialSource(
+        storage_url=url,
+        study_name=job.study_name if job is not None else args.job,
+        artifact_dir=Path(args.artifacts) if args.artifacts else settings.resolved_artifact_dir(),
+        data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir,
+        spec=parse_spec(job.spec) if job is not None else None,
+    )
+    return source, job
+
+
+def _export_to_file(args: argparse.Namespace, source: TrialSource, job: Job | None, weights: WeightsChoice) -> int:
+    import shutil
+
+    from sparse_nas.export import EXPORTS_SUBDIR, export_trial, safe_name
+
+    result = export_trial(
+        source,
+        args.trial,
+        args.format,
+        export_dir=source.artifact_dir / EXPORTS_SUBDIR,
+        weights=weights,
+        job_id=job.id if job is not None else None,
+    )
+    kind = result.manifest["weights"]["kind"]
+    default = f"{safe_name(args.job)}-trial-{args.trial}-{kind}-{args.format}.zip"
+    output = Path(args.output or default)
+    shutil.copyfile(result.path, output)
+    check = result.manifest["check"]
+    verdict = "within" if check["within_tolerance"] else "OUTSIDE"
+    print(
+        f"trial {args.trial} ({kind} weights) exported as {args.format} to {output}: test accuracy "
+        f"{100 * check['exported_test_accuracy']:.2f}% ({check['runtime']}) vs PyTorch "
+        f"{100 * check['pytorch_test_accuracy']:.2f}%, {verdict} the {check['tolerance_pp']:g} pp tolerance"
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    source, job = _local_trial_source(args)
+    return _export_to_file(args, source, job, args.weights)
+
+
+def _cmd_finalize(args: argparse.Namespace) -> int:
+    from api.db import FINISHED_STATUSES
+    from api.errors import InvalidTransitionError
+    from sparse_nas.export import ExportError, finalize_trial, get_format, running_trials
+
+    if args.format is not None:
+        get_format(args.format)  # before training: a typo must not cost a retraining
+    source, job = _local_trial_source(args)
+    if job is not None and job.status not in FINISHED_STATUSES:
+        raise InvalidTransitionError(job.id, job.status, "finalize", FINISHED_STATUSES)
+    busy = running_trials(source) if job is None else []
+    if busy:
+        raise ExportError(
+            f"study {source.study_name!r} has trials {busy} running: its search may still be writing it; "
+            "finalize once the search has ended (running it again recovers trials a dead search left running)"
+        )
+    finalized = finalize_trial(source, args.trial, epochs=args.epochs)
+    print(
+        f"trial {args.trial} finalized: {finalized.epochs} epochs on {finalized.train_samples} samples "
+        f"(train + validation) in {finalized.train_seconds:.1f} s, test accuracy {100 * finalized.test_accuracy:.2f}%"
+    )
+    return _export_to_file(args, source, job, "finalized") if args.format else 0
 
 
 class _Progress:
@@ -427,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="TCP port (default: $SPARSE_NAS_PORT or 8000)")
     p.add_argument("--no-worker", action="store_true", help="API only; run workers with `sparse-nas worker`")
     p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser(
+        "quickstart", help="start the service, run a job on it, print its Pareto front and dashboard (Ctrl-C stops)"
+    )
+    p.add_argument("spec", help="job spec file, .yaml or .json (e.g. examples/quickstart.yaml)")
+    p.add_argument("--port", type=int, help="TCP port (default: $SPARSE_NAS_PORT or 8000; another if taken)")
+    p.add_argument("--exit-when-done", action="store_true", help="stop the service once the job has ended")
+    p.set_defaults(func=_cmd_quickstart)
     p = sub.add_parser("worker", help="run search jobs from the service database (settings: SPARSE_NAS_*)")
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
     p.add_argument("--worker-id", help="this worker's name in the jobs table (default: host-pid-random)")
@@ -447,6 +432,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="jobs to show, newest first (1-500, default 50)")
     p.add_argument("--json", action="store_true", help="print the page as JSON")
     p.set_defaults(func=_cmd_jobs)
+    local = argparse.ArgumentParser(add_help=False)
+    local.add_argument("job", help="a job id of the service database, or the study name of `sparse-nas search`")
+    local.add_argument("trial", type=int, help="the trial's number")
+    local.add_argument("--storage", help="SQLAlchemy URL of the database (default: SQLite in $SPARSE_NAS_STATE_DIR)")
+    local.add_argument("--artifacts", help="the job's artifact directory (default: $SPARSE_NAS_STATE_DIR/artifacts)")
+    local.add_argument("--data-dir", help="data directory (default: $SPARSE_NAS_DATA_DIR or ./data)")
+    local.add_argument("-o", "--output", help="zip file to write (default: ./<job>-trial-<n>-<weights>-<format>.zip)")
+    # Formats and weights are checked by sparse_nas.export (listing the valid values): importing
+    # it here would make every subcommand pay for torch.
+    formats = "pytorch, onnx or onnx-int8"
+    p = sub.add_parser("export", parents=[local], help="export a trained trial: model files + manifest.json, zipped")
+    p.add_argument("--format", required=True, help=f"bundle format: {formats}")
+    p.add_argument("--weights", default="auto", help="auto (finalized if present, else search), search or finalized")
+    p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("finalize", parents=[local], help="retrain a trial on train + validation, store it, export")
+    p.add_argument("--epochs", type=int, help="training epochs (default: twice the job's)")
+    p.add_argument("--format", help=f"then export the finalized weights: {formats}")
+    p.set_defaults(func=_cmd_finalize)
     return parser
 
 

@@ -336,3 +336,18 @@ def json_body_schema(name: str, examples: dict[str, dict[str, Any]], description
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}, "examples": examples}},
         }
     }
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+class FinalizePublic(BaseModel):
+    """A trial's weights retrained on train + validation (``POST .../finalize``); exports use them."""
+
+    job_id: str
+    number: int
+    artifact_id: str
+    test_accuracy: float
+    epochs: int
+    train_samples: int
+    train_seconds: float
