@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast lint clean
+.PHONY: run test test-fast lint browser-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,18 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
+# The browser tests (marker browser) drive Debian's Chromium; installed here when missing
+# (as root, or through sudo). Playwright's own browser download is never used.
+CHROMIUM := /usr/bin/chromium
+browser-deps:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+		else echo "make: the browser tests need $(CHROMIUM): install Debian's chromium package as root (apt-get install chromium)" >&2; exit 1; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+test: lint browser-deps
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: lint

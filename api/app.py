@@ -20,14 +20,16 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.db.migrate import upgrade
 from api.db.session import make_engine, make_session_factory
 from api.errors import ServiceError
 from api.handlers import error_item, error_response, install_exception_handlers
-from api.routes import api_router, health_router
+from api.routes import api_router, dashboard_pages, health_router
 from api.routes.catalogue import unregister_devices
+from api.routes.dashboard import STATIC_DIR
 from api.schemas import DeviceCreate
 from api.service import StudyReader
 from api.settings import Settings, get_settings
@@ -189,10 +191,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(api_router)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> dict[str, str]:
-        # The dashboard is served here by a later issue; until then, point at what exists.
-        return {"service": "sparse-nas", "api": "/api", "docs": "/docs", "openapi": "/openapi.json"}
+    # The dashboard: its page at "/", its files under /static; no token (they hold no data).
+    app.include_router(dashboard_pages)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -338,6 +338,63 @@ def json_body_schema(name: str, examples: dict[str, dict[str, Any]], description
     }
 
 
+# --- dashboard ---------------------------------------------------------------------------
+
+
+class LayerWeightPublic(BaseModel):
+    """One weight of a layer and how it is stored (docs/ir.md, ``WeightSpec``)."""
+
+    name: str
+    shape: list[int]
+    bits: int
+    structure: dict[str, Any] = Field(description="kind (dense, sparse, low_rank, kronecker, ...) and its numbers")
+
+
+class LayerCostPublic(BaseModel):
+    """Cost of one op of a trial's network (``hw_models.LayerCostReport``) and its compression."""
+
+    name: str
+    op: str
+    fused: list[str]
+    output_shape: list[int]
+    params: int
+    nonzero_params: int
+    model_bytes: int
+    macs: int
+    output_bytes: int
+    scratch_bytes: int
+    working_memory_bytes: int
+    cycles: float
+    latency_ms: float
+    weights: list[LayerWeightPublic]
+    dense_model_bytes: int = Field(description="model_bytes of the same layer with dense weights at the same bits")
+    compression_ratio: float | None = Field(description="dense_model_bytes / model_bytes; None for 0 bytes")
+
+
+class TrialLayersPublic(BaseModel):
+    """A trial's planned network costed layer by layer on the job's device and runtime."""
+
+    number: int
+    device: str
+    runtime: str
+    params: int
+    nonzero_params: int
+    model_bytes: int
+    runtime_code_bytes: int
+    flash_bytes: int
+    arena_bytes: int
+    persistent_bytes: int
+    scratch_bytes: int
+    sram_overhead_bytes: int
+    sram_bytes: int
+    macs: int
+    latency_ms: float
+    energy_mj: float
+    device_flash_bytes: int
+    device_sram_bytes: int
+    layers: list[LayerCostPublic]
+
+
 # --- export ------------------------------------------------------------------------------
 
 

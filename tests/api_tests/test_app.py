@@ -75,7 +75,10 @@ def error_locs(response) -> list[list]:
 def test_health_probes_answer(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
-    assert client.get("/").json()["api"] == "/api"
+    # "/" is the dashboard's page (tests/browser_tests drive it).
+    root = client.get("/")
+    assert root.status_code == 200 and root.headers["content-type"].startswith("text/html")
+    assert "sparse-nas" in root.text
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(app, client, tmp_path):
