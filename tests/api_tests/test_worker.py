@@ -283,6 +283,20 @@ def start_worker(url: str, tmp_path: Path, worker_id: str) -> subprocess.Popen[b
     )
 
 
+def submit_when_migrated(url: str, sessions: Any, *, n_trials: int, epochs: int, wait_completed: int) -> Job:
+    """Submit a job once a started worker has migrated; return it after ``wait_completed`` completed trials."""
+    wait_for(lambda: _has_jobs_table(url), 60, "the worker's migration")
+    with sessions() as session:
+        spec = SearchJobSpec.model_validate(SPEC | {"n_trials": n_trials, "training": {"epochs": epochs, "batch_size": 64}})
+        job = crud.create_job(session, spec)[0]
+    wait_for(
+        lambda: _study_exists(url, job.study_name) and len(completed(trials(url, job.study_name))) >= wait_completed,
+        120,
+        f"{wait_completed} completed trial(s)",
+    )
+    return job
+
+
 @pytest.mark.slow
 def test_a_job_whose_worker_is_killed_is_taken_over_and_keeps_its_trials(db_url, tmp_path):
     engine = make_engine(db_url)
@@ -290,16 +304,7 @@ def test_a_job_whose_worker_is_killed_is_taken_over_and_keeps_its_trials(db_url,
     first = start_worker(db_url, tmp_path, "first")
     second = None
     try:
-        # The worker migrates at start; submit once the table is there.
-        wait_for(lambda: _has_jobs_table(db_url), 60, "the first worker's migration")
-        with sessions() as session:
-            spec = SearchJobSpec.model_validate(SPEC | {"n_trials": 10, "training": {"epochs": 3, "batch_size": 64}})
-            job = crud.create_job(session, spec)[0]
-        wait_for(
-            lambda: _study_exists(db_url, job.study_name) and len(completed(trials(db_url, job.study_name))) >= 2,
-            120,
-            "two completed trials",
-        )
+        job = submit_when_migrated(db_url, sessions, n_trials=10, epochs=3, wait_completed=2)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         before_kill = completed(trials(db_url, job.study_name))
@@ -328,15 +333,7 @@ def test_sigterm_stops_the_worker_after_its_trial_and_queues_the_job_again(sqlit
     first = start_worker(sqlite_url, tmp_path, "first")
     second = None
     try:
-        wait_for(lambda: _has_jobs_table(sqlite_url), 60, "the first worker's migration")
-        with sessions() as session:
-            spec = SearchJobSpec.model_validate(SPEC | {"n_trials": 8, "training": {"epochs": 2, "batch_size": 64}})
-            job = crud.create_job(session, spec)[0]
-        wait_for(
-            lambda: _study_exists(sqlite_url, job.study_name) and len(completed(trials(sqlite_url, job.study_name))) >= 1,
-            120,
-            "a completed trial",
-        )
+        job = submit_when_migrated(sqlite_url, sessions, n_trials=8, epochs=2, wait_completed=1)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=120) == 0
         with sessions() as session:
