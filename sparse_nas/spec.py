@@ -46,8 +46,11 @@ if TYPE_CHECKING:
     from search_spaces.families import BaseSearchSpace
     from sparse_nas.training import TrainConfig
 
-StrategyName = Literal["mobo", "gp", "nsga2", "tpe", "random", "dnas"]
-"""Search strategies; each becomes an Optuna sampler writing to the job's study."""
+StrategyName = Literal["mobo", "gp", "nsga2", "tpe", "random", "dnas", "hybrid"]
+"""Search strategies; each writes to the job's Optuna study (``dnas`` and ``hybrid`` train a supernet first)."""
+
+DNAS_STRATEGIES: tuple[str, ...] = ("dnas", "hybrid")
+"""Strategies that run the differentiable search (``hybrid`` then continues with ``mobo``)."""
 
 ObjectiveName = Literal["accuracy", "flash_bytes", "sram_bytes", "macs", "latency_ms"]
 """Objectives: validation accuracy (maximised) and hardware costs (minimised)."""
@@ -380,6 +383,89 @@ class ExecutionSpec(_SpecModel):
         return self
 
 
+# --- differentiable search -------------------------------------------------------------
+
+
+class DnasSpec(_SpecModel):
+    """Settings of the ``dnas`` and ``hybrid`` strategies (docs/dnas.md); every field has a default.
+
+    Attributes:
+        sweep_points: ``hybrid`` only: architectures the differentiable search derives
+            (one per penalty strength) to seed mobo's initial design; ``None`` means
+            ``max(1, initial_trials // 2)``. ``dnas`` derives ``n_trials`` of them.
+        penalty_range: ``[low, high]`` penalty strengths, swept geometrically.
+        warmup_epochs: Supernet epochs training weights only.
+        search_epochs: Supernet epochs alternating weight and architecture steps.
+        arch_lr: Adam learning rate of the architecture parameters.
+        temperature: ``[start, end]`` of the Gumbel-softmax temperature (annealed
+            exponentially over the search epochs).
+        compression: Compression choices of each compressible layer: ``"dense"`` or
+            ``"method:level"`` with a method of ``dense``, ``magnitude_pruning``,
+            ``low_rank`` and a level 1-5; sparse_cnn's convs use ``dense`` and
+            ``magnitude_pruning`` (density 2^-level).
+        budget_margin: Hinge targets as fractions of the limits, in ``(0, 1]``.
+        constraint_weight: Weight of the hinge penalties.
+    """
+
+    sweep_points: Count | None = Field(default=None, ge=1, le=MAX_TRIALS)
+    penalty_range: tuple[float, float] = (0.02, 2.0)
+    warmup_epochs: Count = Field(default=2, ge=0, le=MAX_EPOCHS)
+    search_epochs: Count = Field(default=3, ge=1, le=MAX_EPOCHS)
+    arch_lr: float = 0.1
+    temperature: tuple[float, float] = (5.0, 0.5)
+    compression: tuple[str, ...] = ("dense", "magnitude_pruning:2", "magnitude_pruning:3", "low_rank:2")
+    budget_margin: float = 0.9
+    constraint_weight: float = 10.0
+
+    @model_validator(mode="after")
+    def _valid(self) -> DnasSpec:
+        lines = []
+        for name in ("penalty_range", "temperature"):
+            low, high = getattr(self, name)
+            if not (math.isfinite(low) and math.isfinite(high) and low > 0 and high > 0):
+                lines.append(_line((name,), f"expected two positive numbers, got {[low, high]}", [low, high]))
+        low, high = self.penalty_range
+        if low > high:
+            lines.append(_line(("penalty_range",), f"expected low <= high, got {[low, high]}", [low, high]))
+        for name in ("arch_lr", "constraint_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                lines.append(_line((name,), f"must be positive, got {value!r}", value))
+        if not (math.isfinite(self.budget_margin) and 0 < self.budget_margin <= 1):
+            margin = self.budget_margin
+            lines.append(_line(("budget_margin",), f"must be in (0, 1], got {margin!r}", margin))
+        if not self.compression:
+            lines.append(_line(("compression",), "needs at least one choice, e.g. ['dense']", []))
+        for i, text in enumerate(self.compression):
+            try:
+                _compression_choice(text)
+            except ValueError as exc:
+                lines.append(_line(("compression", i), str(exc), text))
+        _raise(type(self).__name__, lines)
+        return self
+
+    def compression_choices(self) -> tuple[tuple[str, int], ...]:
+        """The compression choices as ``(method, level)`` pairs (level 0 for ``dense``)."""
+        return tuple(_compression_choice(text) for text in self.compression)
+
+
+def _compression_choice(text: str) -> tuple[str, int]:
+    """``"dense"`` -> ``("dense", 0)``; ``"low_rank:2"`` -> ``("low_rank", 2)``; ValueError otherwise."""
+    from sparse_nas.strategies.dnas.plan import MAX_LEVEL, SUPERNET_METHODS
+
+    method, _, level = text.partition(":")
+    rule = f"expected 'dense' or 'method:level' with a method of {_names(SUPERNET_METHODS)} and a level 1-{MAX_LEVEL}"
+    if method not in SUPERNET_METHODS:
+        raise ValueError(f"{rule}, got {text!r}")
+    if method == "dense":
+        if level:
+            raise ValueError(f"'dense' takes no level, got {text!r}")
+        return method, 0
+    if not level.isdigit() or not 1 <= int(level) <= MAX_LEVEL:
+        raise ValueError(f"{rule}, got {text!r}")
+    return method, int(level)
+
+
 # --- the job ------------------------------------------------------------------------
 
 
@@ -397,13 +483,16 @@ class SearchJobSpec(_SpecModel):
         budgets: Hardware limits; the device's flash and SRAM always apply too.
         objectives: ``"accuracy"`` first (maximised), then 1-3 distinct costs
             (minimised) from ``flash_bytes``, ``sram_bytes``, ``macs``, ``latency_ms``.
-        strategy: ``mobo``, ``gp``, ``nsga2``, ``tpe``, ``random`` or ``dnas``.
+        strategy: ``mobo``, ``gp``, ``nsga2``, ``tpe``, ``random``, ``dnas`` (differentiable
+            search: every trial is a derived architecture, one per penalty strength) or
+            ``hybrid`` (DNAS architectures seed ``mobo``'s initial design).
         n_trials: Trials to run (feasible and infeasible ones alike).
         initial_trials: Trials of the space-filling start (Sobol for ``mobo``, random
             start-up for ``gp`` and ``tpe``); at most ``n_trials``. Default
             ``min(10, n_trials)``.
         training: Per-trial training fidelity.
         execution: Where trials run.
+        dnas: Settings of ``dnas`` and ``hybrid``; ``None`` takes :class:`DnasSpec`'s defaults.
     """
 
     name: str | None = None
@@ -419,6 +508,7 @@ class SearchJobSpec(_SpecModel):
     initial_trials: Count = Field(default=DEFAULT_INITIAL_TRIALS, ge=1, le=MAX_TRIALS)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    dnas: DnasSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -493,8 +583,44 @@ class SearchJobSpec(_SpecModel):
             lines.append(space_problem)
         else:
             lines += self._budget_problems()
+        lines += self._dnas_problems()
         _raise(type(self).__name__, lines)
         return self
+
+    def _dnas_problems(self) -> list[InitErrorDetails]:
+        """Errors of the differentiable-search settings, located."""
+        lines = []
+        if self.strategy not in DNAS_STRATEGIES:
+            if self.dnas is not None:
+                lines.append(
+                    _line(
+                        ("dnas",),
+                        f"only used with strategy {_names(DNAS_STRATEGIES)}, not {self.strategy!r}",
+                        self.dnas.model_dump(mode="json"),
+                    )
+                )
+            return lines
+        from sparse_nas.strategies.dnas import SUPPORTED_SEARCH_SPACES
+
+        if self.search_space.name not in SUPPORTED_SEARCH_SPACES:
+            lines.append(
+                _line(
+                    ("strategy",),
+                    f"{self.strategy!r} searches {_names(SUPPORTED_SEARCH_SPACES)}, not {self.search_space.name!r}; "
+                    "use another strategy or search space",
+                    self.strategy,
+                )
+            )
+        points = self.dnas.sweep_points if self.dnas is not None else None
+        if points is not None and self.strategy == "dnas":
+            lines.append(
+                _line(("dnas", "sweep_points"), "only for hybrid: dnas derives n_trials architectures", points)
+            )
+        elif points is not None and points > self.n_trials:
+            lines.append(
+                _line(("dnas", "sweep_points"), f"must be at most n_trials ({self.n_trials}), got {points}", points)
+            )
+        return lines
 
     def _search_space_problem(self) -> InitErrorDetails | None:
         """The search space's options or shape error for this dataset, located; else None."""
@@ -623,6 +749,17 @@ class SearchJobSpec(_SpecModel):
         if self.budgets.max_latency_ms is not None:
             out["latency_ms"] = self.budgets.max_latency_ms
         return out
+
+    def dnas_settings(self) -> DnasSpec:
+        """The differentiable-search settings: ``dnas``, or the defaults."""
+        return self.dnas if self.dnas is not None else DnasSpec()
+
+    def dnas_sweep_points(self) -> int:
+        """Architectures the differentiable search derives: ``n_trials`` (dnas) or ``sweep_points`` (hybrid)."""
+        if self.strategy == "dnas":
+            return self.n_trials
+        points = self.dnas_settings().sweep_points
+        return points if points is not None else max(1, self.initial_trials // 2)
 
     def directions(self) -> list[str]:
         """Optuna study directions, one per objective: accuracy up, costs down."""

@@ -5,7 +5,10 @@ the strategy's sampler for a point, costs it exactly with hw_models and stores t
 costs (user attributes) and the budgets (constraints). A point that breaks a budget is
 told at once as ``infeasible`` and never trained; a feasible one goes to the executor
 (in-process or Ray). When a trial finishes, its weights become an artifact of the trial
-and only then is the trial told, so a COMPLETE trial always has its weights.
+and only then is the trial told, so a COMPLETE trial always has its weights. For the
+``dnas`` and ``hybrid`` strategies the loop is preceded by a differentiable search whose
+derived architectures go through the same costing, training and telling
+(:mod:`sparse_nas.search.dnas_driver`).
 
 A job survives its driver dying: run the same job (same study) again and
 :meth:`SearchEngine.run` marks the trials left running ``interrupted`` (FAIL), enqueues
@@ -28,12 +31,12 @@ import optuna
 from optuna.trial import Trial, TrialState
 
 from sparse_nas.datasets import DatasetSplits, load_dataset
-from sparse_nas.errors import SparseNASError
 from sparse_nas.search import early_stopping
 from sparse_nas.search.costs import constraint_values, cost_point, infeasible_reason
 from sparse_nas.search.executors import BaseExecutor, InProcessExecutor, RayExecutor
 from sparse_nas.search.records import (
     ARTIFACT_ATTR,
+    CARRIED_ATTRS,
     DRIVER_SECONDS_ATTR,
     INFEASIBLE_ACCURACY,
     REASON_ATTR,
@@ -48,8 +51,8 @@ from sparse_nas.search.records import (
 )
 from sparse_nas.search.results import SearchResults, reference_point
 from sparse_nas.search.storage import StorageError, artifact_store, open_storage, save_weights
-from sparse_nas.search.trial_runner import TrialOutcome, make_task
-from sparse_nas.spec import SearchJobSpec
+from sparse_nas.search.trial_runner import TrialOutcome, TrialTask, make_task
+from sparse_nas.spec import DNAS_STRATEGIES, SearchJobSpec
 from sparse_nas.strategies import make_sampler
 
 logger = logging.getLogger(__name__)
@@ -91,11 +94,6 @@ class SearchEngine:
         on_trial: TrialCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
     ):
-        if spec.strategy == "dnas":
-            raise SparseNASError(
-                "strategy: 'dnas' (differentiable search) is not available in this version; "
-                "use one of mobo, gp, nsga2, tpe, random"
-            )
         self.spec = spec
         self.storage_url = storage_url
         self.study_name = study_name
@@ -118,16 +116,14 @@ class SearchEngine:
             storage=storage,
             study_name=self.study_name,
             directions=self.spec.directions(),
-            sampler=make_sampler(self.spec, self.space, self.reference),
+            sampler=self.make_sampler(self.spec.seed),
             load_if_exists=True,
         )
         existing = len(study.get_trials(deepcopy=False))
         if existing:
             # A resumed sampler seeded as at the start would replay the points it already
             # gave (Optuna's baselines keep their RNG in memory): seed it from the history.
-            study.sampler = make_sampler(
-                self.spec, self.space, self.reference, seed=resume_seed(self.spec.seed, existing)
-            )
+            study.sampler = self.make_sampler(resume_seed(self.spec.seed, existing))
         stored = study.user_attrs.get(SPEC_ATTR)
         if stored is None:
             study.set_user_attr(SPEC_ATTR, self.spec.to_dict())
@@ -145,6 +141,12 @@ class SearchEngine:
                 )
         return study
 
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """The strategy's sampler; ``dnas`` asks it only for re-enqueued points (its own are derived)."""
+        if self.spec.strategy == "dnas":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return make_sampler(self.spec, self.space, self.reference, seed=seed)
+
     def recover(self, study: optuna.Study) -> list[int]:
         """Fail the trials a dead driver left running and enqueue their points again.
 
@@ -161,7 +163,10 @@ class SearchEngine:
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             interrupted.append(trial.number)
             if set(trial.params) == set(self.space.distributions()):
-                study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number}, skip_if_exists=False)
+                carried = {key: trial.user_attrs[key] for key in CARRIED_ATTRS if key in trial.user_attrs}
+                study.enqueue_trial(
+                    trial.params, user_attrs={RETRY_OF_ATTR: trial.number, **carried}, skip_if_exists=False
+                )
         if interrupted:
             logger.warning("study %s: trials %s were interrupted and are run again", self.study_name, interrupted)
         return interrupted
@@ -178,6 +183,10 @@ class SearchEngine:
             owned = executor is None
             executor = executor or self.make_executor(splits)
             try:
+                if self.spec.strategy in DNAS_STRATEGIES:
+                    from sparse_nas.search.dnas_driver import DnasPhase
+
+                    done = DnasPhase(self).run(study, executor, splits, done)
                 self._loop(study, executor, done)
             finally:
                 if owned:
@@ -217,18 +226,7 @@ class SearchEngine:
                     self._tell(study, trial, values=objective_values(self.spec.objectives, INFEASIBLE_ACCURACY, costs))
                     done += 1
                     continue
-                executor.submit(
-                    make_task(
-                        trial.number,
-                        params,
-                        self.spec.training.train_config(seed=self.spec.seed),
-                        self.spec.seed,
-                        stop_below=self._stop_below(study),
-                        threads=self.spec.execution.cpus_per_trial,
-                        device=self.device,
-                        runtime=self.spec.runtime,
-                    )
-                )
+                executor.submit(self.task(study, trial, params))
                 in_flight[trial.number] = trial
             if not in_flight:
                 return
@@ -241,14 +239,32 @@ class SearchEngine:
         trial = study.ask()
         params = self.space.sample(trial)
         sampled = time.perf_counter()
+        costs = self.store_costs(trial, params)
+        trial.set_user_attr(SUGGEST_SECONDS_ATTR, sampled - start)
+        trial.set_user_attr(DRIVER_SECONDS_ATTR, time.perf_counter() - start)
+        return trial, params, costs
+
+    def store_costs(self, trial: Trial, params: dict[str, Any]) -> dict[str, float]:
+        """Cost a trial's point exactly; store the costs (user attributes) and limits (constraints)."""
         costs = cost_point(self.space, params, self.device, self.spec.runtime)
         for metric, value in costs.items():
             trial.set_user_attr(metric, value)
         for name, value in constraint_values(costs, self.limits).items():
             trial.set_constraint(name, value)
-        trial.set_user_attr(SUGGEST_SECONDS_ATTR, sampled - start)
-        trial.set_user_attr(DRIVER_SECONDS_ATTR, time.perf_counter() - start)
-        return trial, params, costs
+        return costs
+
+    def task(self, study: optuna.Study, trial: Trial, params: dict[str, Any]) -> TrialTask:
+        """The training task of a feasible trial, at the job's fidelity."""
+        return make_task(
+            trial.number,
+            params,
+            self.spec.training.train_config(seed=self.spec.seed),
+            self.spec.seed,
+            stop_below=self._stop_below(study),
+            threads=self.spec.execution.cpus_per_trial,
+            device=self.device,
+            runtime=self.spec.runtime,
+        )
 
     def _stop_below(self, study: optuna.Study) -> dict[int, float]:
         training = self.spec.training
@@ -261,6 +277,16 @@ class SearchEngine:
             if t.intermediate_values
         ]
         return early_stopping.stop_below(histories, rungs)
+
+    def finish(self, study: optuna.Study, store: Any, trial: Trial, outcome: TrialOutcome) -> None:
+        """Store a trained trial's measurements and weights, then tell it."""
+        self._finish(study, store, trial, outcome)
+
+    def tell(
+        self, study: optuna.Study, trial: Trial, *, values: list[float] | None = None, state: TrialState | None = None
+    ) -> None:
+        """Tell a trial and report it to ``on_trial``."""
+        self._tell(study, trial, values=values, state=state)
 
     def _finish(self, study: optuna.Study, store: Any, trial: Trial, outcome: TrialOutcome) -> None:
         storage = study._storage
@@ -337,5 +363,6 @@ def spec_digest(spec: SearchJobSpec) -> str:
     """A short stable name for a job's study: the hash of its spec minus resumable fields."""
     import hashlib
 
-    body = {k: v for k, v in spec.to_dict().items() if k not in RESUMABLE_FIELDS}
+    # A field added later and left unset is left out, so that older specs keep their digest.
+    body = {k: v for k, v in spec.to_dict().items() if k not in RESUMABLE_FIELDS and not (k == "dnas" and v is None)}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]

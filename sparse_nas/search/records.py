@@ -3,7 +3,8 @@
 Every trial of a job is one Optuna trial. Its values are the objectives in the spec's
 order (accuracy first). Its user attributes hold the planned hardware costs of the
 point (``flash_bytes``, ``sram_bytes``, ``macs``, ``latency_ms``, ``energy_mj``), the
-trial's :data:`STATUS_ATTR` and, when it did not train to the end, :data:`REASON_ATTR`.
+trial's :data:`STATUS_ATTR` and, when it did not train to the end, :data:`REASON_ATTR`;
+a trial derived by the differentiable search also holds :data:`SOURCE_ATTR` and :data:`DNAS_ATTRS`.
 Its constraints (``trial.set_constraint``) are one per limit of the job, ``cost / limit
 - 1``; zero or less is feasible.
 
@@ -58,6 +59,18 @@ TRAIN_ATTRS = (
 """Measured per trial (``TrialRecord.measured``): the training figures are absent on trials
 that were not trained; ``worker_*`` say where and when the trial ran (``worker_seconds``:
 the whole task in the worker); the driver's timings are on every trial."""
+SOURCE_ATTR = "source"
+"""Where a trial's point came from: ``"dnas"`` for an architecture derived by the
+differentiable search (``dnas``, ``hybrid``); absent when the job's sampler suggested it."""
+DNAS_SOURCE = "dnas"
+DNAS_PENALTY_ATTR = "dnas_penalty"
+DNAS_INDEX_ATTR = "dnas_sweep_index"
+DNAS_SEARCH_SECONDS_ATTR = "dnas_search_seconds"
+DNAS_ATTRS = (DNAS_PENALTY_ATTR, DNAS_INDEX_ATTR, DNAS_SEARCH_SECONDS_ATTR)
+"""On a DNAS trial (``TrialRecord.measured``): its penalty strength, its index in the sweep and, on
+the first trial of a search, the search's seconds (that trial's duration includes them)."""
+CARRIED_ATTRS = (SOURCE_ATTR, DNAS_PENALTY_ATTR, DNAS_INDEX_ATTR)
+"""User attributes a re-enqueued trial keeps from the interrupted trial it repeats."""
 ARTIFACT_ATTR = "weights_artifact_id"
 """Optuna artifact id of the trained ``state_dict`` (complete and stopped trials)."""
 SPEC_ATTR = "sparse_nas_spec"
@@ -86,6 +99,7 @@ class TrialRecord:
     intermediate_accuracy: dict[int, float] = field(default_factory=dict)
     artifact_id: str | None = None
     duration_s: float | None = None
+    source: str | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -108,6 +122,7 @@ class TrialRecord:
             "intermediate_accuracy": {str(k): v for k, v in self.intermediate_accuracy.items()},
             "artifact_id": self.artifact_id,
             "duration_s": self.duration_s,
+            "source": self.source,
         }
 
 
@@ -139,10 +154,11 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         constraints=constraints,
         feasible=all(value <= 0.0 for value in constraints.values()),
         reason=attrs.get(REASON_ATTR),
-        measured={key: float(attrs[key]) for key in TRAIN_ATTRS if attrs.get(key) is not None},
+        measured={key: float(attrs[key]) for key in TRAIN_ATTRS + DNAS_ATTRS if attrs.get(key) is not None},
         intermediate_accuracy={int(step): float(value) for step, value in trial.intermediate_values.items()},
         artifact_id=attrs.get(ARTIFACT_ATTR),
         duration_s=duration,
+        source=attrs.get(SOURCE_ATTR),
     )
 
 

@@ -4,6 +4,9 @@
 exact hardware costs, qLogNEHVI over a screened feasible pool). ``gp``, ``nsga2``,
 ``tpe`` and ``random`` are Optuna's samplers, as baselines and alternatives; all of them
 read the budgets from the constraints stored with each trial (``trial.set_constraint``).
+``dnas`` is not a sampler (:mod:`sparse_nas.strategies.dnas` trains a supernet and the
+engine tells its derived architectures); ``hybrid`` runs it first and continues with
+``mobo``, whose initial design the DNAS trials then seed (they count toward it).
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ def make_sampler(
     """The Optuna sampler of ``spec.strategy``, seeded with ``seed`` (default ``spec.seed``).
 
     ``spec.initial_trials`` is the space-filling start of every strategy that has one:
-    Sobol points for ``mobo``, random start-up trials for ``gp`` and ``tpe``, and the
-    first generation's size for ``nsga2``.
+    Sobol points for ``mobo`` (and ``hybrid``, where the complete DNAS trials count
+    toward it), random start-up trials for ``gp`` and ``tpe``, and the first
+    generation's size for ``nsga2``.
     """
     strategy = spec.strategy
     seed = spec.seed if seed is None else seed
-    if strategy == "mobo":
+    if strategy in ("mobo", "hybrid"):
         from sparse_nas.strategies.mobo import MoboSampler
 
         return MoboSampler(
