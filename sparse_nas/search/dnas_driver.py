@@ -190,10 +190,11 @@ class DnasPhase:
         return self.engine.stopped
 
     def _collect(self, study: optuna.Study, store: Any, executor: BaseExecutor, in_flight: dict[int, Trial]) -> int:
-        outcomes = executor.wait()
-        for outcome in outcomes:
-            self.engine.finish(study, store, in_flight.pop(outcome.number), outcome)
-        return len(outcomes)
+        # A trial whose worker was lost does not count: its point is enqueued again and
+        # the engine's loop runs it after the sweep.
+        return sum(
+            self.engine.finish(study, store, in_flight.pop(outcome.number), outcome) for outcome in executor.wait()
+        )
 
     @staticmethod
     def _new_trial(study: optuna.Study) -> Trial:

@@ -39,6 +39,8 @@ from sparse_nas.search.records import (
     CARRIED_ATTRS,
     DRIVER_SECONDS_ATTR,
     INFEASIBLE_ACCURACY,
+    LOST_COUNT_ATTR,
+    MAX_LOST_RETRIES,
     REASON_ATTR,
     RETRY_OF_ATTR,
     SPEC_ATTR,
@@ -231,8 +233,7 @@ class SearchEngine:
             if not in_flight:
                 return
             for outcome in executor.wait():
-                self._finish(study, store, in_flight.pop(outcome.number), outcome)
-                done += 1
+                done += self._finish(study, store, in_flight.pop(outcome.number), outcome)
 
     def _ask(self, study: optuna.Study) -> tuple[Trial, dict[str, Any], dict[str, float]]:
         start = time.perf_counter()
@@ -278,9 +279,14 @@ class SearchEngine:
         ]
         return early_stopping.stop_below(histories, rungs)
 
-    def finish(self, study: optuna.Study, store: Any, trial: Trial, outcome: TrialOutcome) -> None:
-        """Store a trained trial's measurements and weights, then tell it."""
-        self._finish(study, store, trial, outcome)
+    def finish(self, study: optuna.Study, store: Any, trial: Trial, outcome: TrialOutcome) -> bool:
+        """Store a trained trial's measurements and weights, then tell it.
+
+        Returns:
+            Whether the trial counts toward ``n_trials`` (False: its worker was lost and
+            its point was enqueued to run again).
+        """
+        return self._finish(study, store, trial, outcome)
 
     def tell(
         self, study: optuna.Study, trial: Trial, *, values: list[float] | None = None, state: TrialState | None = None
@@ -288,7 +294,9 @@ class SearchEngine:
         """Tell a trial and report it to ``on_trial``."""
         self._tell(study, trial, values=values, state=state)
 
-    def _finish(self, study: optuna.Study, store: Any, trial: Trial, outcome: TrialOutcome) -> None:
+    def _finish(self, study: optuna.Study, store: Any, trial: Trial, outcome: TrialOutcome) -> bool:
+        if outcome.status == "lost":
+            return self._lost(study, trial, outcome)
         storage = study._storage
         # Trial.report refuses multi-objective studies; the storage call is what it does.
         for epoch, accuracy in enumerate(outcome.epoch_accuracies, start=1):
@@ -319,6 +327,28 @@ class SearchEngine:
         else:
             logger.warning("trial %d failed: %s", trial.number, outcome.reason)
             self._tell(study, trial, state=TrialState.FAIL)
+        return True
+
+    def _lost(self, study: optuna.Study, trial: Trial, outcome: TrialOutcome) -> bool:
+        """A trial whose worker died: run its point again, unless it keeps killing workers."""
+        lost_count = int(trial.user_attrs.get(LOST_COUNT_ATTR, 0)) + 1
+        if lost_count >= MAX_LOST_RETRIES:
+            trial.set_user_attr(STATUS_ATTR, "failed")
+            trial.set_user_attr(REASON_ATTR, f"{outcome.reason} ({lost_count} times in a row for this point)")
+            logger.warning("trial %d failed: its worker was lost %d times in a row", trial.number, lost_count)
+            self._tell(study, trial, state=TrialState.FAIL)
+            return True
+        trial.set_user_attr(STATUS_ATTR, "interrupted")
+        trial.set_user_attr(REASON_ATTR, outcome.reason)
+        carried = {key: trial.user_attrs[key] for key in CARRIED_ATTRS if key in trial.user_attrs}
+        study.enqueue_trial(
+            trial.params,
+            user_attrs={RETRY_OF_ATTR: trial.number, LOST_COUNT_ATTR: lost_count, **carried},
+            skip_if_exists=False,
+        )
+        logger.warning("trial %d interrupted (%s); its point runs again", trial.number, outcome.reason)
+        self._tell(study, trial, state=TrialState.FAIL)
+        return False
 
     def _tell(
         self,

@@ -168,10 +168,10 @@ class RayExecutor(BaseExecutor):
             task = self._futures.pop(future)
             try:
                 outcomes.append(self._ray.get(future))
-            except Exception as exc:  # the worker process died (OOM, killed)
+            except Exception as exc:  # the worker process or its node died (OOM, killed, node lost)
                 outcomes.append(
                     TrialOutcome(
-                        number=task.number, status="failed", reason=f"Ray worker lost: {type(exc).__name__}: {exc}"
+                        number=task.number, status="lost", reason=f"Ray worker lost: {type(exc).__name__}: {exc}"
                     )
                 )
         return outcomes

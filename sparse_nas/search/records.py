@@ -19,8 +19,10 @@ status             Optuna state       meaning
 ``stopped``        PRUNED             stopped early on validation accuracy (ASHA-like);
                                       intermediate values kept, off the Pareto front
 ``failed``         FAIL               training raised or diverged; counts as a trial
-``interrupted``    FAIL               its driver died mid-trial; the same parameters
-                                      were enqueued again, so it does not count
+``interrupted``    FAIL               its driver died mid-trial, or its Ray worker or
+                                      node was lost; the same parameters were enqueued
+                                      again, so it does not count (a point lost
+                                      ``MAX_LOST_RETRIES`` times in a row is ``failed``)
 =================  =================  ===============================================
 """
 
@@ -40,6 +42,11 @@ STATUS_ATTR = "status"
 REASON_ATTR = "reason"
 RETRY_OF_ATTR = "retry_of"
 """On a re-enqueued trial: the number of the interrupted trial it repeats."""
+LOST_COUNT_ATTR = "lost_count"
+"""On a re-enqueued trial: how many times in a row its point's worker was lost."""
+MAX_LOST_RETRIES = 2
+"""A point whose worker is lost this many times in a row is recorded ``failed``, not run again
+(a point that kills its worker, e.g. by running out of memory, must not loop forever)."""
 SUGGEST_SECONDS_ATTR = "suggest_seconds"
 """Driver time to ask the sampler for the point and store it (the sampler's cost)."""
 DRIVER_SECONDS_ATTR = "driver_seconds"

@@ -30,7 +30,8 @@ from search_spaces.families import BaseSearchSpace
 from sparse_nas.datasets import DatasetSplits
 from sparse_nas.training import EpochReport, LayerwisePruningSchedulePhase, TrainConfig, train
 
-OutcomeStatus = Literal["complete", "stopped", "failed"]
+OutcomeStatus = Literal["complete", "stopped", "failed", "lost"]
+"""``lost``: the worker (process or node) running the task died; set by the executor."""
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,90 @@ def test_search_on_a_ray_cluster_started_with_ray_start_head(tmp_path: Path, mon
         assert [r.status for r in records] == ["complete"] * 3
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=dict(os.environ))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_trial_whose_ray_worker_is_killed_runs_again_and_the_job_completes(tmp_path: Path, kills: int) -> None:
+    import signal
+    import time
+
+    import optuna
+
+    spec = job(
+        strategy="random",
+        n_trials=3,
+        budgets={},
+        training={"epochs": 6, "batch_size": 16},
+        execution={"backend": "ray", "concurrency": 1, "cpus_per_trial": 1},
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json())
+    db = tmp_path / "jobs.db"
+    command = [sys.executable, "-m", "api.cli", "search", str(spec_file), "--storage", f"sqlite:///{db}",
+               "--artifacts", str(tmp_path / "artifacts"), "--quiet"]  # fmt: skip
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The Ray worker running the first trial is a descendant of the driver titled
+        # after the task's function.
+        # The second kill hits the re-run of the same point (enqueued trials run first).
+        killed: list[int] = []
+        deadline = time.monotonic() + 180
+        while len(killed) < kills and time.monotonic() < deadline and driver.poll() is None:
+            running = [p for p in _descendants(driver.pid) if "ray::_run_on_ray" in _cmdline(p) and p not in killed]
+            if running:
+                os.kill(running[0], signal.SIGKILL)
+                killed.append(running[0])
+            time.sleep(0.05)
+        assert len(killed) == kills, "no Ray worker ran a trial"
+        _, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="backend", storage=f"sqlite:///{db}").trials
+    records = to_records(trials)
+    interrupted = [r for r in records if r.status == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0].reason.startswith("Ray worker lost")
+    rerun = [t for t in trials if t.user_attrs.get("retry_of") == interrupted[0].number]
+    assert len(rerun) == 1 and rerun[0].params == interrupted[0].params
+    assert rerun[0].user_attrs["lost_count"] == 1
+    statuses = [r.status for r in records]
+    if kills == 1:
+        # Nothing lost: the point ran again and the job has its 3 trials.
+        assert statuses.count("complete") == 3 and "failed" not in statuses
+    else:
+        # A point that keeps losing its worker is recorded failed (it counts), not run forever.
+        failed = [r for r in records if r.status == "failed"]
+        assert len(failed) == 1 and failed[0].number == rerun[0].number
+        assert "2 times in a row" in failed[0].reason
+        assert statuses.count("complete") == 2
