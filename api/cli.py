@@ -10,7 +10,7 @@ Subcommands:
     worker                       a job worker on the service database
     submit SPEC.yaml             submit a job to a running service (--wait follows it to its end)
     jobs                         list the service's jobs
-    export JOB TRIAL --format F  a trained trial as a zipped bundle (pytorch, onnx, onnx-int8) with its manifest
+    export JOB TRIAL --format F  a trained trial as a zipped bundle (pytorch, onnx, onnx-int8, tflite) with its manifest
     finalize JOB TRIAL           retrain a trial on train + validation for more epochs, store it (then export)
 Sizes are printed in KiB (the edge of the system); JSON output keeps bytes.
 """
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("-o", "--output", help="zip file to write (default: ./<job>-trial-<n>-<weights>-<format>.zip)")
     # Formats and weights are checked by sparse_nas.export (listing the valid values): importing
     # it here would make every subcommand pay for torch.
-    formats = "pytorch, onnx or onnx-int8"
+    formats = "pytorch, onnx, onnx-int8 or tflite"
     p = sub.add_parser("export", parents=[local], help="export a trained trial: model files + manifest.json, zipped")
     p.add_argument("--format", required=True, help=f"bundle format: {formats}")
     p.add_argument("--weights", default="auto", help="auto (finalized if present, else search), search or finalized")

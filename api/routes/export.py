@@ -48,7 +48,7 @@ from sparse_nas.export.finalize import MAX_FINALIZE_EPOCHS
 
 router = APIRouter(prefix="/jobs", tags=["export"])
 
-ExportFormatName = Literal["pytorch", "onnx", "onnx-int8"]
+ExportFormatName = Literal["pytorch", "onnx", "onnx-int8", "tflite"]
 """The export formats (``sparse_nas.export.format_names()``; a test keeps the two equal)."""
 WeightsName = Literal["auto", "search", "finalized"]
 
@@ -116,7 +116,10 @@ def export_trial_bundle(
         ExportFormatName,
         Query(
             alias="format",
-            description="pytorch (state_dict + architecture JSON), onnx (float) or onnx-int8 (QDQ, static)",
+            description=(
+                "pytorch (state_dict + architecture JSON), onnx (float), onnx-int8 (QDQ, static) "
+                "or tflite (int8 flatbuffer + C array for TFLite Micro)"
+            ),
         ),
     ],
     weights: Annotated[

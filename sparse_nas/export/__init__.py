@@ -3,7 +3,8 @@
 Public surface:
 
 * :func:`export_trial` writes a trial's zipped bundle in one format (:func:`format_names`:
-  ``pytorch``, ``onnx``, ``onnx-int8``), each with ``manifest.json``; docs/export.md.
+  ``pytorch``, ``onnx``, ``onnx-int8``, ``tflite``), each with ``manifest.json``; docs/export.md
+  and docs/tflite.md.
 * :func:`finalize_trial` retrains a trial's point on train + validation for more epochs
   and stores the weights with the study; exports use them by default.
 * :func:`rebuild_model` rebuilds a PyTorch bundle's model from ``architecture.json`` and
@@ -19,6 +20,7 @@ from __future__ import annotations
 # Each format module registers its formats on import (the registry's order is theirs).
 from sparse_nas.export import pytorch_format  # noqa: F401  isort: skip
 from sparse_nas.export import onnx_format  # noqa: F401  isort: skip
+from sparse_nas.export import tflite_format  # noqa: F401  isort: skip
 from sparse_nas.export.architecture import architecture_of, rebuild_model
 from sparse_nas.export.bundle import EXPORTS_SUBDIR, ExportResult, bundle_path, export_trial, safe_name
 from sparse_nas.export.errors import (

@@ -154,6 +154,7 @@ def test_clicking_a_point_opens_the_trial_panel(dashboard: Page, service: Servic
         "onnx",
         "onnx-int8",
         "pytorch",
+        "tflite",
     ]
     dashboard.screenshot("trial-panel", full_page=False)
     # The export button downloads the bundle of this trial (with the token, through fetch).

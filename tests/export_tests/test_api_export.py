@@ -82,9 +82,9 @@ def test_unknown_job_or_trial_is_404(client, service_job: ServiceJob):
 
 def test_bad_format_weights_or_number_is_422_naming_the_field(client, service_job: ServiceJob):
     url = export_url(service_job.job_id, service_job.second.number)
-    response = client.get(url, params={"format": "tflite"})
+    response = client.get(url, params={"format": "coreml"})
     assert_error(response, 422, ["query", "format"])
-    assert "'pytorch', 'onnx' or 'onnx-int8'" in response.json()["errors"][0]["msg"]
+    assert "'pytorch', 'onnx', 'onnx-int8' or 'tflite'" in response.json()["errors"][0]["msg"]
     assert_error(client.get(url), 422, ["query", "format"])
     assert_error(client.get(url, params={"format": "onnx", "weights": "best"}), 422, ["query", "weights"])
     assert_error(client.get(export_url(service_job.job_id, -1), params={"format": "onnx"}), 422, ["path", "number"])

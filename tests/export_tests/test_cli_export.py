@@ -57,8 +57,8 @@ def test_export_writes_the_bundle_for_a_job_id_or_its_study_name(service_job: Se
     ("args", "message"),
     [
         (
-            ["{job}", "{second}", "--format", "tflite"],
-            "unknown export format 'tflite'; valid: pytorch, onnx, onnx-int8",
+            ["{job}", "{second}", "--format", "coreml"],
+            "unknown export format 'coreml'; valid: pytorch, onnx, onnx-int8, tflite",
         ),
         (["{job}", "99", "--format", "onnx"], "has no trial 99"),
         (["{job}", "{infeasible}", "--format", "onnx"], "has no trained weights: it breaks the job's limits"),

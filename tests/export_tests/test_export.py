@@ -191,8 +191,8 @@ def test_an_export_is_kept_and_served_again(service_job: ServiceJob):
 
 def test_unknown_format_trial_or_study_and_untrained_trials_are_refused(service_job: ServiceJob):
     source, export_dir = service_job.source(), service_job.export_dir
-    with pytest.raises(UnknownExportFormatError, match="valid: pytorch, onnx, onnx-int8"):
-        export_trial(source, service_job.second.number, "tflite", export_dir=export_dir)
+    with pytest.raises(UnknownExportFormatError, match="valid: pytorch, onnx, onnx-int8, tflite"):
+        export_trial(source, service_job.second.number, "coreml", export_dir=export_dir)
     with pytest.raises(TrialNotFoundError, match="has no trial 99; it has trials 0-4"):
         export_trial(source, 99, "onnx", export_dir=export_dir)
     with pytest.raises(TrialNotFoundError, match="does not exist"):
@@ -202,7 +202,7 @@ def test_unknown_format_trial_or_study_and_untrained_trials_are_refused(service_
         export_trial(source, infeasible.number, "onnx", export_dir=export_dir)
     with pytest.raises(NoTrainedWeightsError, match="has not been finalized"):
         export_trial(source, service_job.second.number, "onnx", export_dir=export_dir, weights="finalized")
-    assert format_names() == ["pytorch", "onnx", "onnx-int8"]
+    assert format_names() == ["pytorch", "onnx", "onnx-int8", "tflite"]
 
 
 def test_missing_weights_files_are_reported_not_crashed_on(service_job: ServiceJob, tmp_path):

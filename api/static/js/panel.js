@@ -10,6 +10,7 @@ const EXPORTS = [
   ["pytorch", "PyTorch"],
   ["onnx", "ONNX"],
   ["onnx-int8", "ONNX int8"],
+  ["tflite", "TFLite int8 (TFLM)"],
 ];
 
 /** How a weight is stored, in words: "sparse 42 % (csr) · int8". */
