@@ -135,6 +135,23 @@ def trial_timings(results: SearchResults) -> list[dict[str, Any]]:
     return rows
 
 
+def results_summary(results: SearchResults, *front_fields: str) -> dict[str, Any]:
+    """A job's results as a benchmark records them: hypervolume and its history, reference
+    point, counts per status, trial timings, and the front (number, values and the
+    record attributes named in ``front_fields``, e.g. ``params`` or ``source``)."""
+    return {
+        "hypervolume": results.hypervolume,
+        "hypervolume_history": [dict(entry) for entry in results.hypervolume_history],
+        "reference_point": results.reference_point,
+        "counts": results.counts,
+        "pareto_front": [
+            {"number": r.number, "values": list(r.values or ()), **{f: getattr(r, f) for f in front_fields}}
+            for r in results.pareto_front
+        ],
+        "trials": trial_timings(results),
+    }
+
+
 def total(rows: Sequence[Mapping[str, Any]], key: str) -> float:
     """Sum of ``key`` over the rows that have it."""
     return float(sum(row[key] for row in rows if row.get(key) is not None))

@@ -47,7 +47,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from _search_jobs import DEFAULT_DATA_DIR, RESULTS, median, quiet, run_job, source_digest, trial_timings
+from _search_jobs import DEFAULT_DATA_DIR, RESULTS, median, quiet, results_summary, run_job, source_digest
 from search_quality import PROBLEMS, TRAINING, _hv_at, job_document
 
 STRATEGIES = ("dnas", "mobo", "hybrid")
@@ -96,15 +96,8 @@ def run_one(task: tuple[str, str, int, dict[str, Any], str | None]) -> dict[str,
         with tempfile.TemporaryDirectory(prefix="dvm-") as directory:
             job = run_job(spec, directory, data_dir=data_dir)
         results = job.results
+        out.update(results_summary(results, "source"))
         out.update(
-            hypervolume=results.hypervolume,
-            hypervolume_history=[dict(entry) for entry in results.hypervolume_history],
-            reference_point=results.reference_point,
-            counts=results.counts,
-            pareto_front=[
-                {"number": r.number, "values": list(r.values or ()), "source": r.source} for r in results.pareto_front
-            ],
-            trials=trial_timings(results),
             dnas=[
                 {"number": r.number, **{k: v for k, v in r.measured.items() if k.startswith("dnas_")}}
                 for r in results.records

@@ -48,7 +48,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from _search_jobs import DEFAULT_DATA_DIR, RESULTS, median, quiet, run_job, source_digest, trial_timings
+from _search_jobs import DEFAULT_DATA_DIR, RESULTS, median, quiet, results_summary, run_job, source_digest
 
 STRATEGIES = ("mobo", "gp", "nsga2", "tpe", "random")
 BASELINES = ("gp", "nsga2", "tpe")
@@ -139,15 +139,8 @@ def run_one(task: tuple[str, str, int, dict[str, Any], str | None]) -> dict[str,
         with tempfile.TemporaryDirectory(prefix="sq-") as directory:
             job = run_job(spec, directory, data_dir=data_dir)
         results = job.results
+        out.update(results_summary(results, "params"))
         out.update(
-            hypervolume=results.hypervolume,
-            hypervolume_history=[dict(entry) for entry in results.hypervolume_history],
-            reference_point=results.reference_point,
-            counts=results.counts,
-            pareto_front=[
-                {"number": r.number, "values": list(r.values or ()), "params": r.params} for r in results.pareto_front
-            ],
-            trials=trial_timings(results),
             run_seconds=job.run_seconds,
             loop_seconds=job.loop_seconds,
             process_cpu_seconds=job.cpu_seconds,
