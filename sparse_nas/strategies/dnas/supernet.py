@@ -32,6 +32,7 @@ job's trainer (with QAT for int8), so these proxies only need to rank architectu
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 
@@ -116,7 +117,7 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class BaseSupernet(nn.Module):
+class BaseSupernet(nn.Module, abc.ABC):
     """A plan's supernet: ``forward(x, gates)`` gives logits ``(N, classes)`` of inputs ``(N, *input_shape)``."""
 
     def __init__(self, plan: BaseSupernetPlan):
@@ -134,9 +135,9 @@ class BaseSupernet(nn.Module):
     def _path_head(self, y: torch.Tensor) -> torch.Tensor:
         return self.classifier(F.pad(y.mean(dim=(2, 3)), (0, self.classifier.in_features - y.shape[1])))
 
+    @abc.abstractmethod
     def path(self, x: torch.Tensor, choice: Mapping[str, int]) -> torch.Tensor:
         """Logits of one architecture (one choice index per node), on slices of the shared weights."""
-        raise NotImplementedError
 
 
 def _bn(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
