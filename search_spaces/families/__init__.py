@@ -13,6 +13,7 @@ from search_spaces.families._base import (
     suggest,
 )
 from search_spaces.families._knobs import METHODS, make_compressed_linear
+from search_spaces.families._padding import same_conv_padding, same_output_size, same_padding
 
 # Each family registers itself on import (timm style: one file per family).
 from search_spaces.families import sparse_cnn  # noqa: F401  isort: skip
@@ -30,6 +31,9 @@ __all__ = [
     "iter_search_spaces",
     "make_compressed_linear",
     "register_search_space",
+    "same_conv_padding",
+    "same_output_size",
+    "same_padding",
     "search_space_class",
     "search_space_names",
     "suggest",

@@ -38,18 +38,13 @@ from search_spaces.families._base import (
     subset_of,
 )
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, knobs, make_compressed_linear, structure
+from search_spaces.families._padding import same_conv_padding, same_output_size, same_padding
 
 DW_KERNELS = (3, 5)
 STEM_KERNELS = ("10x4", "5x3", "3x3")
 # Flash and MACs do not depend on the device (latency and energy do), so any catalogue
 # device ranks the pointwise methods for `smallest`; TFLM is the runtime whose flash counts.
 _FLASH_AND_MACS_DEVICE = "stm32f446re"
-
-
-
-
-
-
 
 
 def _kernel_strings(value: Any) -> str | None:
@@ -70,12 +65,6 @@ def _kernel_hw(kernel: Any) -> tuple[Any, Any]:
         return int(h), int(w)
     pairs = np.asarray([k.split("x") for k in np.asarray(kernel).ravel()], dtype=np.int64)
     return pairs[:, 0], pairs[:, 1]
-
-
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TFLite SAME padding (before, after) of one axis: output ceil(size / stride)."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 def skip_effective(skip: Any, stride: Any, in_channels: Any, out_channels: Any) -> Any:
@@ -197,7 +186,6 @@ class DSCNNSpace(BaseSearchSpace):
         best = min(range(len(candidates)), key=lambda j: (report.flash_bytes[j], report.macs[j]))
         return candidates[best]
 
-
     def topology_key(self, params: Params) -> tuple[Any, ...]:
         """Depth, precision, and per active block whether it adds its input.
 
@@ -221,8 +209,8 @@ class DSCNNSpace(BaseSearchSpace):
         c = p["stem_channels"]
         kh, kw = _kernel_hw(p["stem_kernel"])
         sh, sw = p["stem_stride_h"], p["stem_stride_w"]
-        top, bottom = _same_padding(h, kh, sh)
-        left, right = _same_padding(w, kw, sw)
+        top, bottom = same_padding(h, kh, sh)
+        left, right = same_padding(w, kw, sw)
         layers: dict[str, nn.Module] = {
             "stem_pad": nn.ZeroPad2d((left, right, top, bottom)),
             "stem": nn.Conv2d(c_in, c, (kh, kw), (sh, sw), bias=False),
@@ -230,11 +218,13 @@ class DSCNNSpace(BaseSearchSpace):
             "stem_relu": nn.ReLU(),
         }
         c_in = c
+        h, w = same_output_size(h, sh), same_output_size(w, sw)
         for i in range(p["n_blocks"]):
             c_out, k, s = p[f"block{i}_channels"], p[f"block{i}_dw_kernel"], p[f"block{i}_stride"]
-            # Odd kernels with k // 2 padding give ceil(size / stride), TFLite's SAME.
+            pad, padding = same_conv_padding((h, w), k, s)
             block = OrderedDict(
-                dw=nn.Conv2d(c_in, c_in, k, s, k // 2, groups=c_in, bias=False),
+                [("dw_pad", pad)] if pad is not None else [],
+                dw=nn.Conv2d(c_in, c_in, k, s, padding, groups=c_in, bias=False),
                 dw_bn=nn.BatchNorm2d(c_in),
                 dw_relu=nn.ReLU(),
                 pw=_pointwise(p[f"block{i}_pw_method"], c_in, c_out, p[f"block{i}_pw_level"]),
@@ -244,6 +234,7 @@ class DSCNNSpace(BaseSearchSpace):
             residual = bool(skip_effective(p[f"block{i}_skip"], s, c_in, c_out))
             layers[f"block{i}"] = SeparableResidualBlock(block) if residual else nn.Sequential(block)
             c_in = c_out
+            h, w = same_output_size(h, s), same_output_size(w, s)
         layers["pool"] = nn.AdaptiveAvgPool2d(1)
         layers["flatten"] = nn.Flatten()
         layers["classifier"] = nn.Linear(c_in, self.num_classes)

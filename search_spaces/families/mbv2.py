@@ -48,6 +48,7 @@ from search_spaces.families._base import (
     register_search_space,
 )
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, make_compressed_linear, structure
+from search_spaces.families._padding import same_conv_padding, same_output_size
 
 STEM_CHANNELS = 32
 # (base output channels, stride of the stage's first block): MobileNetV2 Table 2, rows 2-6.
@@ -202,7 +203,6 @@ class MobileNetV2Space(BaseSearchSpace):
         best = min(range(len(candidates)), key=lambda j: (report.flash_bytes[j], report.macs[j]))
         return candidates[best]
 
-
     def topology_key(self, params: Params) -> tuple[Any, ...]:
         """Precision, and per present block whether it expands and whether it adds.
 
@@ -236,15 +236,22 @@ class MobileNetV2Space(BaseSearchSpace):
         p = self.check_params(params)
         c_stem = channels(STEM_CHANNELS, p["width_mult"])
         height, width, _ = self.hw_input_shape(p["resolution"])
-        layers: dict[str, nn.Module] = {
-            "resize": Resize((height, width)),
-            "stem": nn.Conv2d(self.input_shape[0], c_stem, 3, self._stem_stride(), 1, bias=False),
+        layers: dict[str, nn.Module] = {"resize": Resize((height, width))}
+        stem_stride = self._stem_stride()
+        pad, padding = same_conv_padding((height, width), 3, stem_stride)
+        if pad is not None:
+            layers["stem_pad"] = pad
+        layers |= {
+            "stem": nn.Conv2d(self.input_shape[0], c_stem, 3, stem_stride, padding, bias=False),
             "stem_bn": nn.BatchNorm2d(c_stem),
             "stem_relu": nn.ReLU6(),
         }
+        size = (same_output_size(height, stem_stride), same_output_size(width, stem_stride))
         c_last = c_stem
         for blk in _blocks(p):
-            layers[blk.name] = InvertedResidual(blk, p[f"stage{blk.stage}_method"], p[f"stage{blk.stage}_level"])
+            block = InvertedResidual(blk, p[f"stage{blk.stage}_method"], p[f"stage{blk.stage}_level"], size)
+            layers[blk.name] = block
+            size = (same_output_size(size[0], blk.stride), same_output_size(size[1], blk.stride))
             c_last = blk.c_out
         layers["pool"] = nn.AdaptiveAvgPool2d(1)
         layers["flatten"] = nn.Flatten()
@@ -351,15 +358,17 @@ class InvertedResidual(nn.Sequential):
     so a model's `s{stage}b{index}.project` is the block's project conv.
     """
 
-    def __init__(self, blk: _Block, method: str, level: int) -> None:
+    def __init__(self, blk: _Block, method: str, level: int, size_hw: tuple[int, int]) -> None:
+        """``size_hw``: the block's input height and width, which set the depthwise conv's SAME padding."""
         layers: dict[str, nn.Module] = {}
         if blk.expand:
             layers["expand"] = _conv1x1(method, blk.c_in, blk.hidden, level)
             layers["expand_bn"] = nn.BatchNorm2d(blk.hidden)
             layers["expand_relu"] = nn.ReLU6()
-        layers["dw"] = nn.Conv2d(
-            blk.hidden, blk.hidden, blk.kernel, blk.stride, blk.kernel // 2, groups=blk.hidden, bias=False
-        )
+        pad, padding = same_conv_padding(size_hw, blk.kernel, blk.stride)
+        if pad is not None:
+            layers["dw_pad"] = pad
+        layers["dw"] = nn.Conv2d(blk.hidden, blk.hidden, blk.kernel, blk.stride, padding, groups=blk.hidden, bias=False)
         layers["dw_bn"] = nn.BatchNorm2d(blk.hidden)
         layers["dw_relu"] = nn.ReLU6()
         layers["project"] = _conv1x1(method, blk.hidden, blk.c_out, level)

@@ -34,15 +34,10 @@ from search_spaces.families._base import (
     subset_of,
 )
 from search_spaces.families._knobs import MAX_LEVEL, METHODS, make_compressed_linear, structure
+from search_spaces.families._padding import same_conv_padding, same_output_size
 
 DOWNSAMPLE = ("none", "stride", "max", "avg")
 MIN_DENSITY = 0.05
-
-
-
-
-
-
 
 
 @register_search_space
@@ -100,7 +95,6 @@ class SparseCNNSpace(BaseSearchSpace):
             p |= {f"dense{j}_units": o["dense_units"][0], f"dense{j}_method": cheapest, f"dense{j}_level": MAX_LEVEL}
         return p
 
-
     def topology_key(self, params: Params) -> tuple[Any, ...]:
         """Depths, precision, and per active conv block its pooling and separable layout.
 
@@ -117,23 +111,29 @@ class SparseCNNSpace(BaseSearchSpace):
 
     def build(self, params: Params) -> nn.Module:
         p = self.check_params(params)
-        c_in = self.input_shape[0]
+        c_in, h, w = self.input_shape
         layers: dict[str, nn.Module] = {}
         for i in range(p["n_conv"]):
             c_out, k, down = p[f"conv{i}_channels"], p[f"conv{i}_kernel"], p[f"conv{i}_downsample"]
             stride = _stride(down)
             density = p[f"conv{i}_density"]
+            pad, padding = same_conv_padding((h, w), k, stride)
+            spatial = f"conv{i}_dw" if p[f"conv{i}_separable"] else f"conv{i}"
+            if pad is not None:
+                layers[f"{spatial}_pad"] = pad
             if p[f"conv{i}_separable"]:
-                layers[f"conv{i}_dw"] = nn.Conv2d(c_in, c_in, k, stride, k // 2, groups=c_in, bias=False)
+                layers[f"conv{i}_dw"] = nn.Conv2d(c_in, c_in, k, stride, padding, groups=c_in, bias=False)
                 layers[f"conv{i}_dw_bn"] = nn.BatchNorm2d(c_in)
                 layers[f"conv{i}_dw_relu"] = nn.ReLU()
                 layers[f"conv{i}"] = MaskedConv2d(c_in, c_out, 1, bias=False, density=density)
             else:
-                layers[f"conv{i}"] = MaskedConv2d(c_in, c_out, k, stride, k // 2, bias=False, density=density)
+                layers[f"conv{i}"] = MaskedConv2d(c_in, c_out, k, stride, padding, bias=False, density=density)
             layers[f"conv{i}_bn"] = nn.BatchNorm2d(c_out)
             layers[f"conv{i}_relu"] = nn.ReLU()
+            h, w = same_output_size(h, stride), same_output_size(w, stride)
             if down in ("max", "avg"):
                 layers[f"conv{i}_pool"] = nn.MaxPool2d(2) if down == "max" else nn.AvgPool2d(2)
+                h, w = h // 2, w // 2
             c_in = c_out
         layers["pool"] = nn.AdaptiveAvgPool2d(1)
         layers["flatten"] = nn.Flatten()

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_spaces.families import same_padding
 from sparse_nas.strategies.dnas.plan import BaseSupernetPlan, DecisionNode, DSCNNPlan, SparseCNNPlan
 
 Gates = Mapping[str, torch.Tensor]
@@ -110,11 +111,6 @@ def _mix(gate: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def _channel_view(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(1, -1, 1, 1)
-
-
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 class BaseSupernet(nn.Module, abc.ABC):
@@ -203,8 +199,8 @@ class DSCNNSupernet(BaseSupernet):
         c_in, h, w = plan.space.input_shape
         kh, kw = (int(k) for k in plan.stem_kernel.split("x"))
         sh, sw = plan.STEM_STRIDE
-        top, bottom = _same_padding(h, kh, sh)
-        left, right = _same_padding(w, kw, sw)
+        top, bottom = same_padding(h, kh, sh)
+        left, right = same_padding(w, kw, sw)
         stem = plan.node("stem_channels")
         self.stem = nn.Sequential(
             nn.ZeroPad2d((left, right, top, bottom)), nn.Conv2d(c_in, max(stem.choices), (kh, kw), (sh, sw), bias=False)
