@@ -15,7 +15,6 @@ import numpy as np
 from hw_models import _weights as W
 from hw_models._graph import Graph, compile_network
 from hw_models._ops import (
-    QUANT_PARAM_BYTES_PER_CHANNEL,
     RNN_GATES,
     OpView,
     numel,
@@ -24,14 +23,12 @@ from hw_models._ops import (
 )
 from hw_models.devices import MAC_OP_KINDS, DeviceSpec, get_device
 from hw_models.ir import NetworkSpec, OpKind
+from hw_models.model_file import graph_fixed_bytes, op_file_bytes
 from hw_models.planner import BaseArenaPlanner, GreedyArenaPlanner
 from hw_models.runtimes import RuntimeProfile, get_runtime
 
-# int32 biases (TFLite int8 schema) and float32 biases are both 4 bytes.
-BIAS_BYTES = 4
 # Bytes of one int16 LSTM cell-state element (TFLM integer LSTM keeps the cell in int16).
 _CELL_STATE_BYTES = 2
-_PER_CHANNEL_OPS = (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D)
 
 
 @dataclass(frozen=True)
@@ -135,36 +132,19 @@ def _weight_terms(v: OpView, runtime: RuntimeProfile, bias: Any) -> tuple[Any, A
     """(params, non-zeros, model-file bytes, persistent bytes) of the op's weights."""
     params: Any = bias
     nonzero: Any = bias
-    stored: Any = 0
-    tensors: Any = 0
+    tensors: Any = np.asarray(bias) > 0
     for w in v.weights.values():
         params = params + W.params(w)
-        nz = W.nonzero(w)
-        nonzero = nonzero + nz
-        arrays = W.stored_arrays(w)
-        tensors = tensors + arrays
-        if runtime.stored_weights:
-            sets = arrays
-            if v.kind in _PER_CHANNEL_OPS:
-                # Dense and sparse convs are quantised per output channel; factorised
-                # structures per stored array.
-                sets = np.where(W.is_kind(w, ("dense", "sparse")), v.weight_shapes["weight"][0], arrays)
-            # Weights and (with per-channel quantisation) biases carry a scale and zero
-            # point per set; float weights carry none.
-            quant_sets = sets + (np.asarray(bias) > 0) * sets
-            stored = stored + W.storage_bytes(w) + np.where(
-                np.asarray(w.bits) < 32, quant_sets * QUANT_PARAM_BYTES_PER_CHANNEL, 0
-            )
-        else:
-            stored = stored + W.packed_bytes(nz, w.bits)
-    has_bias = np.asarray(bias) > 0
-    tensors = tensors + has_bias
+        nonzero = nonzero + W.nonzero(w)
+        tensors = tensors + W.stored_arrays(w)
     if runtime.stored_weights:
-        stored = stored + bias * BIAS_BYTES + tensors * runtime.metadata_bytes_per_tensor
-        stored = stored + runtime.metadata_bytes_per_op
+        stored = op_file_bytes(v, runtime, bias)
     elif v.weights:
         first = next(iter(v.weights.values()))
+        stored = sum(W.packed_bytes(W.nonzero(w), w.bits) for w in v.weights.values())
         stored = stored + W.packed_bytes(bias, first.bits)
+    else:
+        stored = 0
     persistent = tensors * runtime.persistent_bytes_per_tensor
     return params, nonzero, stored, persistent
 
@@ -255,10 +235,8 @@ def cost_graph(
         persistent = _arr(0, n)
         overhead = _arr(0, n)
         sram = wm
-    model = ops["weight_bytes"].sum(axis=1)
-    if runtime.stored_weights:
-        model = model + runtime.model_header_bytes + len(graph.tensor_names) * runtime.metadata_bytes_per_tensor
     kinds = {v.kind for v in graph.ops}
+    model = ops["weight_bytes"].sum(axis=1) + graph_fixed_bytes(graph, runtime)
     code = runtime.code_base_bytes + sum(runtime.code_bytes_per_op_kind.get(k, 0) for k in kinds)
     cycles_total = ops["cycles"].sum(axis=1)
     latency_ms = cycles_total / device.clock_hz * 1000.0

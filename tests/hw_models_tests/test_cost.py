@@ -189,30 +189,49 @@ def test_structure_counts(device, structure, bits, nonzero, weight_bytes, macs):
     assert r.macs == macs
     # ideal: non-zeros at their bits, nothing else
     assert r.model_bytes == math.ceil(nonzero * bits / 8)
-    # tflm: stored bytes + one quantisation set per stored array + metadata entries
+    # tflm: each stored array is a 2-d tensor with a buffer (data aligned to 16 B) and a
+    # quantisation table; a dense or sparse matrix has a scale and zero point per output
+    # row (12), factorised ones one per array. Then the op's output (1, 12) and its Operator.
     t = layer(estimate(net, device, "tflm"))
+    kind = getattr(structure, "kind", None)
     arrays = {None: 1, "sparse": 1, "low_rank": 2, "kronecker": 2 + (getattr(structure, "doping_nonzeros", 0) > 0),
-              "hybrid_kronecker": 3, "hmd": 3}[getattr(structure, "kind", None)]
-    quant = 12 * arrays
-    assert t.model_bytes == weight_bytes + quant + arrays * TFLM.metadata_bytes_per_tensor + TFLM.metadata_bytes_per_op
+              "hybrid_kronecker": 3, "hmd": 3}[kind]
+    channels = 12 if kind in (None, "sparse") else arrays
+    entry = TFLM.metadata_bytes_per_tensor + 2 * TFLM.shape_bytes_per_dim + TFLM.quantization_bytes_per_tensor
+    stored = weight_bytes + (-weight_bytes) % 16 + arrays * (entry + TFLM.buffer_bytes_per_array) + 12 * channels
+    output = entry + 12
+    operator = TFLM.metadata_bytes_per_op + (1 + arrays + 1) * TFLM.tensor_index_bytes
+    assert t.model_bytes == stored + output + operator
 
 
 def test_model_bytes_of_a_quantised_conv(device):
-    # conv 3x3, 3 -> 4 channels, int8 with bias. Flatbuffer: 108 weight bytes, 4 int32 biases,
-    # per-channel scale+zero point for weights and biases (2 x 4 x 12), 2 tensor entries, 1 op.
+    # conv 3x3, 3 -> 4 channels, int8 with bias, as the tflite export writes it:
+    # - weight (4, 3, 3, 3): 108 B padded to 112, 4 shape entries, 4 channels' scale + zero point;
+    # - bias (4,): 4 int32 = 16 B, 1 shape entry, the same 4 channels;
+    # - output (1, 8, 8, 4): 4 shape entries, one scale + zero point;
+    # - the Operator with 4 indices (input, weight, bias, output).
     net = single_layer(lambda b, x: b.conv2d(x, 4, 3), (8, 8, 3))
     r = estimate(net, device)
-    expected_layer = 108 + 16 + 2 * 4 * 12 + 2 * TFLM.metadata_bytes_per_tensor + TFLM.metadata_bytes_per_op
-    assert r.layers[0].model_bytes == expected_layer
-    # + header + 2 activation tensors (input, output)
-    assert r.model_bytes == expected_layer + TFLM.model_header_bytes + 2 * TFLM.metadata_bytes_per_tensor
+    t, q, d = TFLM.metadata_bytes_per_tensor, TFLM.quantization_bytes_per_tensor, TFLM.shape_bytes_per_dim
+    weight = t + 4 * d + q + 4 * 12 + TFLM.buffer_bytes_per_array + 112
+    bias = t + 1 * d + q + 4 * 12 + TFLM.buffer_bytes_per_array + 16
+    output = t + 4 * d + q + 12
+    operator = TFLM.metadata_bytes_per_op + 4 * TFLM.tensor_index_bytes
+    assert r.layers[0].model_bytes == weight + bias + output + operator
+    # + header, the input (1, 8, 8, 3) and one OperatorCode
+    fixed = TFLM.model_header_bytes + (t + 4 * d + q + 12) + TFLM.metadata_bytes_per_op_kind
+    assert r.model_bytes == r.layers[0].model_bytes + fixed
     assert r.flash_bytes == r.model_bytes + TFLM.code_base_bytes + TFLM.code_bytes_per_op_kind["conv2d"]
 
 
 def test_float_weights_have_no_quantisation_parameters(device):
     net = single_layer(lambda b, x: b.linear(x, 5, weight_bits=32), (10,), bits=32)
     r = layer(estimate(net, device))
-    assert r.model_bytes == 50 * 4 + 5 * 4 + 2 * TFLM.metadata_bytes_per_tensor + TFLM.metadata_bytes_per_op
+    t, d, buffer = TFLM.metadata_bytes_per_tensor, TFLM.shape_bytes_per_dim, TFLM.buffer_bytes_per_array
+    weight = t + 2 * d + buffer + 200 + 8  # 50 float32, padded to 208
+    bias = t + 1 * d + buffer + 20 + 12  # 5 float32, padded to 32
+    output = t + 2 * d  # (1, 5), no quantisation table
+    assert r.model_bytes == weight + bias + output + TFLM.metadata_bytes_per_op + 4 * TFLM.tensor_index_bytes
 
 
 # --- latency, scratch, SRAM -------------------------------------------------------------

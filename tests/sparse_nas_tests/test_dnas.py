@@ -117,7 +117,7 @@ def test_each_op_term_equals_hw_models_layer_on_one_hot_choices(family: str) -> 
                 continue
             layer = layers[name]
             got = table.at(choice)
-            assert got["flash_bytes"] == layer.model_bytes + TFLM.metadata_bytes_per_tensor, (table.name, choice)
+            assert got["flash_bytes"] == layer.model_bytes, (table.name, choice)
             assert got["macs"] == layer.macs
             assert got["latency_ms"] == pytest.approx(layer.latency_ms, rel=1e-12)
             working_set = previous_bytes + _aligned(layer.output_bytes) + _aligned(layer.scratch_bytes)

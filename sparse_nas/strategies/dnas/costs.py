@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hw_models import DeviceSpec, estimate_batch, get_device
+from hw_models.model_file import graph_fixed_bytes, model_file_fixed_bytes
 from hw_models.runtimes import RuntimeProfile, get_runtime
 from sparse_nas.strategies.dnas.plan import BaseSupernetPlan, DecisionNode, joint_choices
 
@@ -93,7 +94,6 @@ def cost_tables(
     """Every op's cost table, each from one ``hw_models.estimate_batch`` call."""
     device = get_device(device) if isinstance(device, str) else device
     runtime = get_runtime(runtime)
-    input_flash = runtime.model_header_bytes + runtime.metadata_bytes_per_tensor if runtime.stored_weights else 0
     input_persistent = runtime.persistent_bytes_per_tensor if runtime.plan_arena else 0
     tables = []
     for term in plan.terms():
@@ -104,7 +104,8 @@ def cost_tables(
         batch.size = len(rows)
         report = estimate_batch(batch, device, runtime)
         columns = {
-            "flash_bytes": report.model_bytes - input_flash,
+            # The term's own network has a header, an input and an OperatorCode: not the op's.
+            "flash_bytes": report.model_bytes - graph_fixed_bytes(batch.graph, runtime),
             "persistent_bytes": report.persistent_bytes - input_persistent,
             "working_set_bytes": report.peak_live_bytes,
             "macs": report.macs,
@@ -142,9 +143,8 @@ class SupernetCostModel:
         self.tables = cost_tables(plan, self.device, self.runtime)
         self._tensors = [torch.as_tensor(t.values, dtype=torch.float64) for t in self.tables]
         r = self.runtime
-        self.flash_constant = float(
-            (r.model_header_bytes + r.metadata_bytes_per_tensor if r.stored_weights else 0) + r.code_base_bytes
-        )
+        network_input = (len(plan.space.hw_input_shape()), plan.bits)
+        self.flash_constant = float(model_file_fixed_bytes(r, [network_input], ()) + r.code_base_bytes)
         self.sram_constant = float(
             (r.persistent_bytes_per_tensor if r.plan_arena else 0)
             + (self.device.sram_overhead_bytes if r.include_sram_overhead else 0)
@@ -186,7 +186,10 @@ class SupernetCostModel:
             working_sets.append(expected[METRICS.index("working_set_bytes")])
         code = torch.zeros((), dtype=torch.float64) + self.runtime.code_base_bytes
         for kind, (always, indices, node) in self.kinds.items():
+            # Each kind present links its kernel and adds an OperatorCode to the model file.
             size = self.runtime.code_bytes_per_op_kind.get(kind, 0)
+            if self.runtime.stored_weights:
+                size += self.runtime.metadata_bytes_per_op_kind
             present = 1.0 if always or node is None else p[node][sorted(indices)].sum()
             code = code + size * present
         peak = smooth_max(torch.stack(working_sets), self.sram_temperature)
