@@ -11,10 +11,10 @@ extension, so TFLM's reference kernels (the interpreter's) and no CMSIS-NN scrat
 Compared:
 - ``model``: the .tflite file's bytes vs ``model_bytes``;
 - ``head``: the arena's planned head vs ``arena_bytes``;
-- ``arena``: head + persistent tail vs ``arena_bytes + persistent_bytes``. The
-  interpreter runs on a 64-bit host, whose tail (pointers in TfLiteTensor, node and
-  eval-tensor arrays) is larger than on a 32-bit MCU, so this row bounds, rather than
-  measures, the MCU's tail.
+- ``tail``: the persistent tail vs ``persistent_bytes`` of ``runtimes.TFLM_HOST_64``,
+  the tflm profile with the struct sizes of the 64-bit host the interpreter runs on
+  (the 32-bit ``tflm`` profile shares the structure, with 4-byte pointers);
+- ``arena``: head + tail vs ``arena_bytes + persistent_bytes`` on that host profile.
 
 Usage: .venv/bin/python bench/hw_model_fidelity.py [--n-per-family N]
 Prints a markdown table and writes bench/results/hw_model_fidelity.json.
@@ -32,6 +32,7 @@ import optuna
 import torch
 
 from hw_models import estimate
+from hw_models.runtimes import TFLM_HOST_64
 from search_spaces.families import get_search_space
 from sparse_nas.export.tflite_format import dense_network, tflm_arena, write_tflite
 from sparse_nas.export.tflite_graph import lower_model
@@ -63,16 +64,9 @@ def measure(family: str, shape: tuple[int, ...], options: dict, params: dict, se
     arena = tflm_arena(data)
     network = dense_network(space.network_from_model(model, params))
     cost = estimate(network, DEVICE, "tflm")
-    weighted = [op for op in graph.ops if op.weight is not None]
+    host = estimate(network, DEVICE, TFLM_HOST_64)
     return {
         "family": family,
-        # What the file holds, for the fit of hw_models' flatbuffer constants (below).
-        "file_tensors": len(graph.shapes)
-        + 2 * len(weighted)
-        + sum(op.kind in ("mean", "reshape", "pad") for op in graph.ops),
-        "file_ops": len(graph.ops),
-        # Per-channel quantisation of FULLY_CONNECTED (hw_models counts one set per array).
-        "fc_extra_quant_sets": sum(2 * (op.weight.shape[0] - 1) for op in weighted if op.kind == "fully_connected"),
         "input_shape": list(shape),
         "params": params,
         "ops": len(graph.ops),
@@ -81,10 +75,12 @@ def measure(family: str, shape: tuple[int, ...], options: dict, params: dict, se
         "predicted_model_bytes": cost.model_bytes,
         "measured_head_bytes": arena["head_bytes"],
         "predicted_arena_bytes": cost.arena_bytes,
-        "measured_arena_bytes": arena["total_bytes"],
         "measured_tail_bytes": arena["tail_bytes"],
-        "predicted_persistent_bytes": cost.persistent_bytes,
-        "predicted_arena_plus_persistent_bytes": cost.arena_bytes + cost.persistent_bytes,
+        "predicted_host_persistent_bytes": host.persistent_bytes,
+        "measured_arena_bytes": arena["total_bytes"],
+        "predicted_host_arena_plus_persistent_bytes": host.arena_bytes + host.persistent_bytes,
+        # What the 32-bit MCU would need by the same structure (not measurable here).
+        "predicted_mcu_persistent_bytes": cost.persistent_bytes,
     }
 
 
@@ -94,22 +90,6 @@ def _errors(rows: list[dict], measured: str, predicted: str) -> dict:
         "mean_abs_rel_error": float(np.abs(rel).mean()),
         "max_abs_rel_error": float(np.abs(rel).max()),
         "mean_signed_rel_error": float(rel.mean()),
-    }
-
-
-def _fit_flatbuffer_constants(rows: list[dict]) -> dict:
-    """Per-tensor, per-op and constant bytes that best explain the .tflite size residual (in-sample fit)."""
-    measured = np.array([r["measured_model_bytes"] for r in rows], dtype=float)
-    predicted = np.array([r["predicted_model_bytes"] + 12 * r["fc_extra_quant_sets"] for r in rows], dtype=float)
-    features = np.array([[r["file_tensors"], r["file_ops"], 1.0] for r in rows])
-    coef, *_ = np.linalg.lstsq(features, measured - predicted, rcond=None)
-    rel = (predicted + features @ coef - measured) / measured
-    return {
-        "bytes_per_file_tensor": float(coef[0]),
-        "bytes_per_file_op": float(coef[1]),
-        "bytes_constant": float(coef[2]),
-        "mean_abs_rel_error": float(np.abs(rel).mean()),
-        "max_abs_rel_error": float(np.abs(rel).max()),
     }
 
 
@@ -130,49 +110,35 @@ def main() -> None:
     comparisons = {
         "model": ("measured_model_bytes", "predicted_model_bytes"),
         "head": ("measured_head_bytes", "predicted_arena_bytes"),
-        "arena": ("measured_arena_bytes", "predicted_arena_plus_persistent_bytes"),
+        "tail": ("measured_tail_bytes", "predicted_host_persistent_bytes"),
+        "arena": ("measured_arena_bytes", "predicted_host_arena_plus_persistent_bytes"),
     }
-    # PAD ops are the export's, not the IR's (torch pads where TFLite SAME cannot): the
-    # subset without them isolates the planner and constants from that mismatch.
-    subsets = {"all": rows, "without PAD ops": [r for r in rows if r["pad_ops"] == 0]}
-    summary = {
-        subset: {"architectures": len(chosen)} | {name: _errors(chosen, *cols) for name, cols in comparisons.items()}
-        for subset, chosen in subsets.items()
+    summary = {"architectures": len(rows), "pad_ops": sum(r["pad_ops"] for r in rows)} | {
+        name: _errors(rows, *cols) for name, cols in comparisons.items()
     }
-    print(f"{len(rows)} architectures on {DEVICE} ({time.perf_counter() - start:.0f} s)\n")
-    print("| architectures | quantity | measured | predicted | mean abs rel error | max abs rel error | mean signed |")
-    print("|---|---|---|---|---|---|---|")
-    for subset in subsets:
-        for name, (m, p) in comparisons.items():
-            s = summary[subset][name]
-            print(
-                f"| {subset} ({summary[subset]['architectures']}) | {name} | {m} | {p} "
-                f"| {100 * s['mean_abs_rel_error']:.1f}% | {100 * s['max_abs_rel_error']:.1f}% "
-                f"| {100 * s['mean_signed_rel_error']:+.1f}% |"
-            )
-    header = (
-        "| family | input | ops (pad) | .tflite B | predicted | head B | predicted arena | total B "
-        "| pred. + persistent |"
-    )
-    print("\n" + header)
-    print("|---|---|---|---|---|---|---|---|---|")
+    seconds = time.perf_counter() - start
+    print(f"{len(rows)} architectures on {DEVICE} ({seconds:.0f} s); PAD ops: {summary['pad_ops']}\n")
+    print("| quantity | measured | predicted | mean abs rel error | max abs rel error | mean signed |")
+    print("|---|---|---|---|---|---|")
+    for name, (m, p) in comparisons.items():
+        s = summary[name]
+        print(
+            f"| {name} | {m} | {p} | {100 * s['mean_abs_rel_error']:.1f}% | {100 * s['max_abs_rel_error']:.1f}% "
+            f"| {100 * s['mean_signed_rel_error']:+.1f}% |"
+        )
+    print("\n| family | input | ops | .tflite B | predicted | head B | predicted arena | tail B | predicted (64-bit) "
+          "| predicted (32-bit MCU) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['family']} | {'x'.join(map(str, r['input_shape']))} | {r['ops']} ({r['pad_ops']}) "
+            f"| {r['family']} | {'x'.join(map(str, r['input_shape']))} | {r['ops']} "
             f"| {r['measured_model_bytes']:,} | {r['predicted_model_bytes']:,} | {r['measured_head_bytes']:,} "
-            f"| {r['predicted_arena_bytes']:,} | {r['measured_arena_bytes']:,} "
-            f"| {r['predicted_arena_plus_persistent_bytes']:,} |"
+            f"| {r['predicted_arena_bytes']:,} | {r['measured_tail_bytes']:,} "
+            f"| {r['predicted_host_persistent_bytes']:,} | {r['predicted_mcu_persistent_bytes']:,} |"
         )
-    fit = _fit_flatbuffer_constants(rows)
-    print(
-        f"\nLeast-squares fit of the .tflite residual (measured - predicted) after adding 12 B per extra "
-        f"FULLY_CONNECTED quantisation set: {fit['bytes_per_file_tensor']:.1f} B per tensor, "
-        f"{fit['bytes_per_file_op']:.1f} B per op, {fit['bytes_constant']:.0f} B constant; "
-        f"max abs rel error of the corrected prediction {100 * fit['max_abs_rel_error']:.1f}% "
-        f"(mean {100 * fit['mean_abs_rel_error']:.1f}%)"
-    )
     RESULTS.mkdir(exist_ok=True)
-    out = {"device": DEVICE, "runtime": "tflm", "summary": summary, "model_bytes_fit": fit, "architectures": rows}
+    out = {"device": DEVICE, "runtime": "tflm", "host_runtime": TFLM_HOST_64.name, "summary": summary}
+    out["architectures"] = rows
     (RESULTS / "hw_model_fidelity.json").write_text(json.dumps(out, indent=2, default=str))
 
 

@@ -286,7 +286,8 @@ class OpRule:
         work: elements processed by an op without MACs (its latency term).
         scratch: kernel scratch bytes, given whether the core has the DSP extension.
         bias: number of bias values stored (int32 when quantised).
-        out_channels: per-output-channel persistent data (conv multipliers/shifts).
+        out_channels: per-output-channel persistent data (conv, depthwise and fully connected
+            output multipliers and shifts).
         structured: whether weights may use structures other than dense/sparse.
     """
 
@@ -315,7 +316,7 @@ RULES: dict[str, OpRule] = {
     ),
     OpKind.LINEAR: OpRule(
         ("weight",), 1, 1, _shape_linear, macs=_macs_matrix, outputs=_work_out, bias=_bias_out,
-        structured=True,
+        out_channels=_persistent_conv, structured=True,
     ),
     OpKind.AVG_POOL2D: OpRule((), 1, 1, _shape_pool, work=_work_pool, scratch=_scratch_avg_pool),
     OpKind.MAX_POOL2D: OpRule((), 1, 1, _shape_pool, work=_work_pool),

@@ -24,6 +24,7 @@ from hw_models._ops import (
 from hw_models.devices import MAC_OP_KINDS, DeviceSpec, get_device
 from hw_models.ir import NetworkSpec, OpKind
 from hw_models.model_file import graph_fixed_bytes, op_file_bytes
+from hw_models.persistent import graph_persistent_fixed_bytes, op_persistent_bytes
 from hw_models.planner import BaseArenaPlanner, GreedyArenaPlanner
 from hw_models.runtimes import RuntimeProfile, get_runtime
 
@@ -129,7 +130,7 @@ def _align(size: np.ndarray, alignment: int) -> np.ndarray:
 
 
 def _weight_terms(v: OpView, runtime: RuntimeProfile, bias: Any) -> tuple[Any, Any, Any, Any]:
-    """(params, non-zeros, model-file bytes, persistent bytes) of the op's weights."""
+    """(params, non-zeros, model-file bytes, stored tensors) of the op's weights and bias."""
     params: Any = bias
     nonzero: Any = bias
     tensors: Any = np.asarray(bias) > 0
@@ -145,8 +146,7 @@ def _weight_terms(v: OpView, runtime: RuntimeProfile, bias: Any) -> tuple[Any, A
         stored = stored + W.packed_bytes(bias, first.bits)
     else:
         stored = 0
-    persistent = tensors * runtime.persistent_bytes_per_tensor
-    return params, nonzero, stored, persistent
+    return params, nonzero, stored, tensors
 
 
 def cost_graph(
@@ -166,7 +166,7 @@ def cost_graph(
     for v in graph.ops:
         r = rule(v.kind)
         bias = r.bias(v)
-        params, nonzero, wbytes, w_persistent = _weight_terms(v, runtime, bias)
+        params, nonzero, wbytes, stored_tensors = _weight_terms(v, runtime, bias)
         macs = r.macs(v)
         if v.kind in MAC_OP_KINDS:
             # Two terms: per MAC, and per output element (requantisation, im2col, loop
@@ -181,11 +181,7 @@ def cost_graph(
             scratch = r.scratch(v, device.dsp) + structure_scratch_bytes(v)
         out_bytes = W.packed_bytes(numel(v.out_shape), v.out_bits)
         in_bytes = sum(W.packed_bytes(numel(s), b) for s, b in zip(v.in_shapes, v.in_bits, strict=True))
-        op_persistent = (
-            runtime.persistent_bytes_per_op
-            + r.out_channels(v) * runtime.persistent_bytes_per_output_channel
-            + w_persistent
-        )
+        op_persistent = op_persistent_bytes(v, runtime, r.out_channels(v), stored_tensors)
         if v.kind in RNN_GATES and runtime.plan_arena:
             # TFLM allocates RNN state (variable tensors) in the persistent area.
             h = v.weight_shapes["w_hh"][1]
@@ -226,7 +222,7 @@ def cost_graph(
     wm = ops["wm"].max(axis=1)
     if runtime.plan_arena:
         offsets, arena = planner.plan(aligned, first, last)
-        persistent = persistent + len(graph.tensor_names) * runtime.persistent_bytes_per_tensor
+        persistent = persistent + graph_persistent_fixed_bytes(graph, runtime)
         overhead = _arr(device.sram_overhead_bytes if runtime.include_sram_overhead else 0, n)
         sram = arena + persistent + overhead
     else:

@@ -65,7 +65,7 @@ def activation_tensor_bytes(runtime: RuntimeProfile, rank: int, bits: Any = 8) -
     return _tensor_entry(runtime, rank + 1, np.where(np.asarray(bits) < 32, 1, 0))
 
 
-def _constant_inputs(v: OpView) -> list[int]:
+def constant_inputs(v: OpView) -> list[int]:
     """Bytes of each constant non-weight tensor the op reads (TFLite's MEAN axes, RESHAPE shape)."""
     if v.kind == OpKind.GLOBAL_AVG_POOL:
         return [2 * _INDEX_BYTES]  # MEAN over height and width
@@ -104,7 +104,7 @@ def op_file_bytes(v: OpView, runtime: RuntimeProfile, bias: Any) -> Any:
         bias_sets = np.maximum(bias_sets, sets)
     total = total + np.where(has_bias, _stored_array(runtime, np.asarray(bias) * BIAS_BYTES, 1, bias_sets), 0)
     tensor_inputs = tensor_inputs + has_bias
-    for data_bytes in _constant_inputs(v):
+    for data_bytes in constant_inputs(v):
         total = total + _stored_array(runtime, data_bytes, 1, 0)
         tensor_inputs = tensor_inputs + 1
     output = activation_tensor_bytes(runtime, len(v.out_shape), v.out_bits)

@@ -9,7 +9,7 @@ SRAM = working memory, model = non-zeros at their bits, no runtime at all.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hw_models.errors import HardwareModelError
 from hw_models.ir import FrozenMap
@@ -30,8 +30,10 @@ class RuntimeProfile:
         plan_arena: plan tensors with the greedy planner (else SRAM = working memory).
         count_scratch: kernel and structure scratch buffers take arena space.
         tensor_alignment_bytes: arena buffer alignment.
-        persistent_bytes_per_tensor / _per_op / _per_output_channel: the persistent
-            tail the interpreter allocates besides the planned arena.
+        persistent_bytes_per_tensor / _per_op / _per_op_kind / _per_io_tensor,
+            persistent_fixed_bytes: the persistent tail the interpreter allocates besides
+            the planned arena (hw_models.persistent); conv, depthwise and fully
+            connected kernels add two int32 arrays per output channel on top.
         include_sram_overhead: add the device's firmware SRAM overhead.
         stored_weights: model bytes are the stored structure (with sparse indices,
             biases, quantisation parameters and metadata); else non-zeros at their bits.
@@ -52,7 +54,8 @@ class RuntimeProfile:
     tensor_alignment_bytes: int
     persistent_bytes_per_tensor: int
     persistent_bytes_per_op: int
-    persistent_bytes_per_output_channel: int
+    persistent_bytes_per_io_tensor: int
+    persistent_fixed_bytes: int
     include_sram_overhead: bool
     stored_weights: bool
     model_header_bytes: int
@@ -66,6 +69,7 @@ class RuntimeProfile:
     tensor_index_bytes: int
     code_base_bytes: int
     code_bytes_per_op_kind: Mapping[str, int] = field(default_factory=FrozenMap)
+    persistent_bytes_per_op_kind: Mapping[str, int] = field(default_factory=FrozenMap)
     sources: Mapping[str, str] = field(default_factory=FrozenMap)
 
 
@@ -74,9 +78,10 @@ TFLM = RuntimeProfile(
     plan_arena=True,
     count_scratch=True,
     tensor_alignment_bytes=16,
-    persistent_bytes_per_tensor=24,
-    persistent_bytes_per_op=56,
-    persistent_bytes_per_output_channel=8,
+    persistent_bytes_per_tensor=12,
+    persistent_bytes_per_op=32,
+    persistent_bytes_per_io_tensor=76,
+    persistent_fixed_bytes=132,
     include_sram_overhead=True,
     stored_weights=True,
     model_header_bytes=172,
@@ -95,16 +100,32 @@ TFLM = RuntimeProfile(
         "reshape": 512, "flatten": 512, "softmax": 2048, "relu": 768, "relu6": 768,
         "lstm": 12288, "gru": 10240, "embedding": 768,
     }),
+    persistent_bytes_per_op_kind=FrozenMap({
+        "conv2d": 92, "depthwise_conv2d": 92, "linear": 72, "avg_pool2d": 72, "max_pool2d": 72,
+        "global_avg_pool": 56, "add": 72, "softmax": 68, "reshape": 36, "flatten": 36,
+        "concat": 72, "relu": 16, "relu6": 16, "lstm": 256, "gru": 192, "embedding": 16,
+    }),
     sources=FrozenMap({
         "tensor_alignment_bytes": "TFLM MicroArenaBufferAlignment() = 16 (micro_arena_constants.h); "
         "the planner is given sizes rounded up to it",
-        "persistent_bytes_per_tensor": "DESIGN.md: about 24 B per tensor (TfLiteEvalTensor plus its "
-        "dims and quantisation pointers on a 32-bit MCU); to be calibrated against the "
-        "tflite-micro interpreter (issue 11)",
-        "persistent_bytes_per_op": "DESIGN.md: about 56 B per op (TfLiteNode + registration pointer "
-        "+ kernel OpData header); calibration: issue 11",
-        "persistent_bytes_per_output_channel": "DESIGN.md and TFLM conv.cc/depthwise_conv.cc: one int32 "
-        "output multiplier and one int32 shift per output channel",
+        "persistent_bytes_per_tensor": "TfLiteEvalTensor (tensorflow/lite/micro/c/common.h: data and "
+        "dims pointers, type enum) on ILP32, one per tensor of the model; 24 B on LP64, which the "
+        "tflite-micro interpreter records (bench/hw_model_fidelity.py)",
+        "persistent_bytes_per_op": "NodeAndRegistration (micro_allocator.h): TfLiteNode, 6 pointers and "
+        "an int, plus the registration pointer, on ILP32; 64 B recorded on LP64",
+        "persistent_bytes_per_io_tensor": "per model input/output: TfLiteTensor of the static-memory "
+        "build (40 B on ILP32), TfLiteAffineQuantization (12) with a 1-entry zero-point array (8), "
+        "and the interpreter's pointer array (16 after alignment); 112 B on LP64, recorded",
+        "persistent_fixed_bytes": "SingleArenaBufferAllocator (36), GreedyMemoryPlanner (44), "
+        "MicroAllocator (36), MicroBuiltinDataAllocator and SubgraphAllocations (16) on ILP32, from "
+        "their fields; the host's recording allocators are 488 B on LP64",
+        "persistent_bytes_per_op_kind": "the kernel's OpData (kernels/conv.h, fully_connected.h, "
+        "pooling.h, add.h, reduce.h, softmax.h; a persistent buffer rounded up to 16 B) plus the "
+        "parser's builtin_data (builtin_op_data.h), ILP32 with 4-byte enums: conv and depthwise "
+        "64 + 28, fully connected 48 + 24, pools 32 + 40, add 64 + 8, MEAN 48 + 4 + a scratch "
+        "handle (4), softmax 64 + 4, reshape 36; concat, relu, lstm, gru and embedding are "
+        "estimates. The same layouts on LP64 (runtimes.TFLM_HOST_64) reproduce the interpreter's "
+        "recorded tail within a few percent (bench/hw_model_fidelity.py)",
         "model_header_bytes": "fitted with metadata_bytes_per_tensor, buffer_bytes_per_array and "
         "metadata_bytes_per_op_kind to the .tflite files of 60 exported architectures "
         "(bench/calibrate_model_file.py); every entry count matches the files exactly",
@@ -128,6 +149,25 @@ TFLM = RuntimeProfile(
     }),
 )
 
+TFLM_HOST_64 = replace(
+    TFLM,
+    name="tflm-host-64",
+    persistent_bytes_per_tensor=24,
+    persistent_bytes_per_op=64,
+    persistent_bytes_per_io_tensor=112,
+    persistent_fixed_bytes=488,
+    persistent_bytes_per_op_kind=FrozenMap({
+        **TFLM.persistent_bytes_per_op_kind,
+        "conv2d": 108, "depthwise_conv2d": 108, "linear": 112, "global_avg_pool": 60, "softmax": 84,
+    }),
+)
+"""TFLM built for a 64-bit host, as the tflite-micro Python interpreter runs it (LP64 layouts, recording allocator).
+
+Not a deployment target: it is what bench/hw_model_fidelity.py and the tests compare
+with the interpreter's allocation record, to check the tail's structure that the
+32-bit `tflm` profile shares. Pools, add and reshape hold no pointers (same sizes).
+"""
+
 IDEAL = RuntimeProfile(
     name="ideal",
     plan_arena=False,
@@ -135,7 +175,8 @@ IDEAL = RuntimeProfile(
     tensor_alignment_bytes=1,
     persistent_bytes_per_tensor=0,
     persistent_bytes_per_op=0,
-    persistent_bytes_per_output_channel=0,
+    persistent_bytes_per_io_tensor=0,
+    persistent_fixed_bytes=0,
     include_sram_overhead=False,
     stored_weights=False,
     model_header_bytes=0,

@@ -30,7 +30,7 @@ SPEC: dict[str, Any] = {
     "dataset": {"name": "digits"},
     "search_space": {"name": "sparse_cnn"},
     "device": "stm32f446re",
-    "budgets": {"max_sram_bytes": 20000},
+    "budgets": {"max_sram_bytes": 21000},
     "strategy": "random",
     "n_trials": 5,
     "initial_trials": 1,

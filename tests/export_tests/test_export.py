@@ -204,7 +204,7 @@ def test_unknown_format_trial_or_study_and_untrained_trials_are_refused(service_
     with pytest.raises(TrialNotFoundError, match="does not exist"):
         export_trial(dataclasses.replace(source, study_name="no-such-study"), 0, "onnx", export_dir=export_dir)
     infeasible = service_job.infeasible
-    with pytest.raises(NoTrainedWeightsError, match=r"never trained: SRAM .* exceeds the limit 20,000 B"):
+    with pytest.raises(NoTrainedWeightsError, match=r"never trained: SRAM .* exceeds the limit 21,000 B"):
         export_trial(source, infeasible.number, "onnx", export_dir=export_dir)
     with pytest.raises(NoTrainedWeightsError, match="has not been finalized"):
         export_trial(source, service_job.second.number, "onnx", export_dir=export_dir, weights="finalized")

@@ -3,7 +3,8 @@
 The benchmark (bench/hw_model_fidelity.py) reports the errors over 25 architectures;
 these tests hold the properties that make them small: the families' convolutions are
 TFLite SAME (no PAD op to cost), the planner reproduces TFLM's arena head to the byte,
-the model-file count matches the file within a few percent, and the two entry sizes that
+the model-file count matches the file and the persistent tail the interpreter's (on this
+64-bit host's struct sizes) within a few percent, and the two entry sizes that
 bench/calibrate_model_file.py takes as measured are what the writer writes.
 """
 
@@ -16,7 +17,7 @@ import torch
 from tflite.BuiltinOperator import BuiltinOperator
 
 from hw_models import estimate
-from hw_models.runtimes import TFLM
+from hw_models.runtimes import TFLM, TFLM_HOST_64
 from search_spaces.families import get_search_space, same_conv_padding, same_output_size
 from sparse_nas.export.tflite_format import _options, _Writer, dense_network, tflm_arena, write_tflite
 from sparse_nas.export.tflite_graph import LoweredOp, lower_model
@@ -45,8 +46,8 @@ def exported(space, params: dict, seed: int = 0):
     model.eval()
     graph = lower_model(model, space.input_shape)
     data = write_tflite(quantize_graph(graph, x.numpy()))
-    predicted = estimate(dense_network(space.network_from_model(model, params)), DEVICE, "tflm")
-    return graph, data, predicted
+    network = dense_network(space.network_from_model(model, params))
+    return graph, data, estimate(network, DEVICE, "tflm"), network
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride"), [(16, 3, 2), (15, 3, 2), (16, 5, 2), (16, 3, 1), (10, 4, 2)])
@@ -72,12 +73,18 @@ def test_family_models_export_without_pad_ops(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_predicted_arena_is_the_interpreters_head_and_file_size_is_close(family):
+def test_predicted_arena_is_the_interpreters_head_and_file_size_and_tail_are_close(family):
     for space, params in sampled(family, 3, seed=11):
-        _, data, predicted = exported(space, params)
+        _, data, predicted, network = exported(space, params)
         arena = tflm_arena(data)
         assert predicted.arena_bytes == arena["head_bytes"], (family, params)
         assert abs(predicted.model_bytes - len(data)) <= 0.03 * len(data), (family, params, predicted.model_bytes)
+        # The interpreter runs on this 64-bit host: its tail has the LP64 struct sizes.
+        host = estimate(network, DEVICE, TFLM_HOST_64)
+        assert host.arena_bytes == predicted.arena_bytes
+        assert abs(host.persistent_bytes - arena["tail_bytes"]) <= 0.03 * arena["tail_bytes"], (family, params)
+        # The 32-bit MCU's tail has the same entries with 4-byte pointers: smaller.
+        assert predicted.persistent_bytes < host.persistent_bytes
 
 
 def _file_bytes(*, activations: int = 1, quantised: bool = True, operators: int = 0) -> int:

@@ -74,16 +74,15 @@ def _aligned(size: int) -> int:
 
 def _persistent_oracle(op: str, out_channels: int, weight_arrays: int) -> int:
     """TFLM's persistent tail of one op with its output tensor (docs/hw_models.md, SRAM step 4)."""
-    per_tensor, per_op, per_channel = (
-        TFLM.persistent_bytes_per_tensor,
-        TFLM.persistent_bytes_per_op,
-        TFLM.persistent_bytes_per_output_channel,
-    )
-    if op in ("conv2d", "depthwise_conv2d"):
-        return per_op + out_channels * per_channel + (weight_arrays + 1) * per_tensor + per_tensor
-    if op == "linear":
-        return per_op + 2 * per_tensor + per_tensor
-    return per_op + per_tensor
+    per_tensor = TFLM.persistent_bytes_per_tensor
+    node = TFLM.persistent_bytes_per_op + TFLM.persistent_bytes_per_op_kind.get(op, 0)
+    if op in ("conv2d", "depthwise_conv2d", "linear"):
+        # Output multiplier and shift: two int32 arrays, each rounded up to the alignment;
+        # eval tensors of the weight arrays, the bias and the output.
+        return node + 2 * _aligned(4 * out_channels) + (weight_arrays + 2) * per_tensor
+    if op == "global_avg_pool":
+        return node + 2 * per_tensor  # the output and MEAN's axes
+    return node + per_tensor
 
 
 # --- cost terms ------------------------------------------------------------------------------

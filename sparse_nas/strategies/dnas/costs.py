@@ -41,6 +41,7 @@ import numpy as np
 
 from hw_models import DeviceSpec, estimate_batch, get_device
 from hw_models.model_file import graph_fixed_bytes, model_file_fixed_bytes
+from hw_models.persistent import graph_persistent_fixed_bytes, model_persistent_fixed_bytes
 from hw_models.runtimes import RuntimeProfile, get_runtime
 from sparse_nas.strategies.dnas.plan import BaseSupernetPlan, DecisionNode, joint_choices
 
@@ -94,7 +95,6 @@ def cost_tables(
     """Every op's cost table, each from one ``hw_models.estimate_batch`` call."""
     device = get_device(device) if isinstance(device, str) else device
     runtime = get_runtime(runtime)
-    input_persistent = runtime.persistent_bytes_per_tensor if runtime.plan_arena else 0
     tables = []
     for term in plan.terms():
         sizes = [len(plan.node(name)) for name in term.nodes]
@@ -106,7 +106,7 @@ def cost_tables(
         columns = {
             # The term's own network has a header, an input and an OperatorCode: not the op's.
             "flash_bytes": report.model_bytes - graph_fixed_bytes(batch.graph, runtime),
-            "persistent_bytes": report.persistent_bytes - input_persistent,
+            "persistent_bytes": report.persistent_bytes - graph_persistent_fixed_bytes(batch.graph, runtime),
             "working_set_bytes": report.peak_live_bytes,
             "macs": report.macs,
             "latency_ms": report.latency_ms,
@@ -146,7 +146,7 @@ class SupernetCostModel:
         network_input = (len(plan.space.hw_input_shape()), plan.bits)
         self.flash_constant = float(model_file_fixed_bytes(r, [network_input], ()) + r.code_base_bytes)
         self.sram_constant = float(
-            (r.persistent_bytes_per_tensor if r.plan_arena else 0)
+            (model_persistent_fixed_bytes(r, n_inputs=1, n_outputs=1) if r.plan_arena else 0)
             + (self.device.sram_overhead_bytes if r.include_sram_overhead else 0)
         )
         # Runtime code per op kind: present when any op of that kind is.
