@@ -21,7 +21,10 @@ For each new trial:
    kernel with the dimension-scaled priors of Hvarfner et al. 2024, "Vanilla Bayesian
    Optimization Performs Great in High Dimensions", arXiv 2402.02229) of the complete
    trials' accuracies over the parameters encoded in ``[0, 1]^d`` (numbers normalised,
-   log where log; categoricals one-hot, one 0/1 feature for two choices). Its
+   log where log; categoricals one-hot, one 0/1 feature for two choices) and the
+   network's exact log flash and log MACs (:data:`CAPACITY_METRICS`, scaled to the
+   pool's range): with dozens of parameter features and few observations, these tell
+   the GP which networks are large, the strongest predictor of accuracy. Its
    hyper-parameters are stored with each trial (:data:`GP_STATE_ATTR`) and the next
    fit warm-starts from the latest stored ones, so a fit is a few L-BFGS-B iterations
    and still a function of the study alone.
@@ -119,6 +122,9 @@ MAX_GRID_CELLS = 20_000
 """Bound on the cost-space grid: it limits the NEHVI front to the likeliest Pareto-optimal points."""
 
 CHUNK_ELEMENTS = 2_000_000
+
+CAPACITY_METRICS = ("flash_bytes", "macs")
+"""Exact costs given to the GP as inputs too (log-scaled): a network's size and work predict its accuracy."""
 """Elements of the improvement's intermediate tensors (samples x grid cells x points), per chunk of points."""
 
 
@@ -238,15 +244,21 @@ class MoboSampler(optuna.samplers.BaseSampler):
         self._lock = threading.Lock()
         self._distributions = self.space.distributions()
         self._encoding = ParamEncoding(self._distributions)
-        self._screen = Screen(self.space, self._encoding, self.device, self.runtime, self.limits, self.cost_objectives)
+        # Objective costs first, then the capacity features the GP reads besides the parameters.
+        self._metrics = self.cost_objectives + tuple(m for m in CAPACITY_METRICS if m not in self.cost_objectives)
+        self._screen = Screen(self.space, self._encoding, self.device, self.runtime, self.limits, self._metrics)
         self._sobol = SobolStream(self._encoding.n_unit, self.seed, self.max_screened)
         self._pool: ScreenedPoints | None = None
         self._pool_encoded: np.ndarray | None = None
+        self._log_range: tuple[np.ndarray, np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Caches are a function of the arguments: rebuilt on demand after unpickling.
         state = self.__dict__.copy()
-        for name in ("_lock", "_distributions", "_encoding", "_screen", "_sobol", "_pool", "_pool_encoded"):
+        for name in (
+            "_lock", "_distributions", "_encoding", "_metrics", "_screen", "_sobol", "_pool", "_pool_encoded",
+            "_log_range",
+        ):  # fmt: skip
             del state[name]
         return state
 
@@ -323,7 +335,7 @@ class MoboSampler(optuna.samplers.BaseSampler):
             history.exclude.add(self._encoding.key(params))
             status = trial_status(other)
             attrs = other.user_attrs
-            costs = [float(attrs[m]) for m in self.cost_objectives] if set(self.cost_objectives) <= set(attrs) else None
+            costs = [float(attrs[m]) for m in self._metrics] if set(self._metrics) <= set(attrs) else None
             if status == "complete" and other.values is not None and np.isfinite(other.values[0]):
                 history.observed.append(params)
                 history.accuracy.append(float(other.values[0]))
@@ -360,6 +372,8 @@ class MoboSampler(optuna.samplers.BaseSampler):
                 )
             self._pool = pool
             self._pool_encoded = self._encoding.encode(pool.params)
+            capacity = np.log(np.maximum(pool.costs[:, len(self.cost_objectives) :], 1.0))
+            self._log_range = (capacity.min(axis=0), np.maximum(capacity.max(axis=0) - capacity.min(axis=0), 1e-9))
         return self._pool
 
     def _candidates(self, history: _History, number: int) -> _Candidates:
@@ -389,24 +403,39 @@ class MoboSampler(optuna.samplers.BaseSampler):
 
     def _pareto_rows(self, history: _History) -> list[int]:
         """Indices of the non-dominated complete trials (accuracy up, costs down)."""
-        values = np.column_stack([history.accuracy, -self._costs(history.observed, history.observed_costs)])
+        costs = self._costs(history.observed, history.observed_costs)[:, : len(self.cost_objectives)]
+        values = np.column_stack([history.accuracy, -costs])
         better_or_equal = np.all(values[:, None, :] >= values[None, :, :], axis=-1)
         better = np.any(values[:, None, :] > values[None, :, :], axis=-1)
         dominated = np.any(better_or_equal & better, axis=0)
         return [int(i) for i in np.flatnonzero(~dominated)]
 
     def _costs(self, points: list[dict[str, Any]], stored: list[list[float] | None]) -> np.ndarray:
-        """``len(points) x len(cost_objectives)``: the stored costs, the missing ones costed (and stored)."""
+        """``len(points) x len(metrics)``: the stored costs, the missing ones costed (and stored)."""
         missing = [i for i, costs in enumerate(stored) if costs is None]
         if missing:
             computed = self._screen.costs([points[i] for i in missing])
             for row, i in enumerate(missing):
                 stored[i] = [float(c) for c in computed[row]]
-        return np.asarray(stored, dtype=np.float64).reshape(-1, len(self.cost_objectives))
+        return np.asarray(stored, dtype=np.float64).reshape(-1, len(self._metrics))
 
     def _negated_costs(self, costs: np.ndarray) -> np.ndarray:
-        """Costs as maximised objectives normalised by the reference point (its costs become -1)."""
-        return -costs / np.asarray([self.reference_point[m] for m in self.cost_objectives])
+        """Objective costs as maximised objectives normalised by the reference point (its costs become -1)."""
+        n = len(self.cost_objectives)
+        return -costs[:, :n] / np.asarray([self.reference_point[m] for m in self.cost_objectives])
+
+    def _gp_inputs(self, encoded: np.ndarray, costs: np.ndarray) -> np.ndarray:
+        """The encoded parameters and the log capacity features (0-1 over the pool's range).
+
+        ``ds_cnn`` has over 30 parameter features and a few dozen observations fit them:
+        alone, the GP cannot tell a large network from a small one, and NEHVI then favours
+        cheap points whose improvement is certain. Flash and MACs are exact, known for
+        every candidate, and the strongest predictors of accuracy, so the GP sees them.
+        """
+        self._candidate_pool()
+        low, span = self._log_range
+        capacity = (np.log(np.maximum(costs[:, len(self.cost_objectives) :], 1.0)) - low) / span
+        return np.concatenate([encoded, capacity], axis=1)
 
     def _best_candidate(
         self, history: _History, candidates: _Candidates, number: int
@@ -423,12 +452,16 @@ class MoboSampler(optuna.samplers.BaseSampler):
         # caller's state is restored afterwards.
         with _one_torch_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            front_x = self._gp_inputs(front_x, front_costs)
             train_x = _tensor(front_x[: len(history.observed)])
             gp, gp_state = _fit_gp(train_x, _tensor(np.asarray(history.accuracy)).unsqueeze(-1), history.gp_state)
             scores, optimistic_gain, optimistic = _nehvi(
                 gp,
                 _Points(_tensor(front_x), _tensor(self._negated_costs(front_costs))),
-                _Points(_tensor(candidates.encoded), _tensor(self._negated_costs(candidates.costs))),
+                _Points(
+                    _tensor(self._gp_inputs(candidates.encoded, candidates.costs)),
+                    _tensor(self._negated_costs(candidates.costs)),
+                ),
                 self.reference_point[ACCURACY],
                 n_scored=self.n_scored,
                 mc_samples=self.mc_samples,

@@ -181,7 +181,7 @@ def test_a_pending_point_removes_its_own_improvement() -> None:
 
     alone = scores(points(encoding, observed, observed_costs))
     best = int(np.argmax(alone))
-    pending = points(encoding, [*observed, pool.params[best]], np.vstack([observed_costs, pool.costs[best]]))
+    pending = points(encoding, [*observed, pool.params[best]], np.vstack([observed_costs, pool.costs[best, :2]]))
     with_pending = scores(pending)
     assert alone[best] > 0
     assert with_pending[best] < 1e-3 * alone[best]
@@ -190,7 +190,9 @@ def test_a_pending_point_removes_its_own_improvement() -> None:
 
 def points(encoding: ParamEncoding, params: list[dict[str, Any]], costs: np.ndarray) -> mobo._Points:
     scale = np.array([REFERENCE["flash_bytes"], REFERENCE["sram_bytes"]])
-    return mobo._Points(torch.tensor(encoding.encode(params)), torch.tensor(-np.asarray(costs) / scale))
+    # Screened costs hold the objectives first, then the GP's capacity features.
+    objective_costs = np.asarray(costs)[:, : len(scale)]
+    return mobo._Points(torch.tensor(encoding.encode(params)), torch.tensor(-objective_costs / scale))
 
 
 # --- the initial phase and the BO phase -------------------------------------------------------
