@@ -5,7 +5,11 @@ the strategy's sampler for a point, costs it exactly with hw_models and stores t
 costs (user attributes) and the budgets (constraints). A point that breaks a budget is
 told at once as ``infeasible`` and never trained; a feasible one goes to the executor
 (in-process or Ray). When a trial finishes, its weights become an artifact of the trial
-and only then is the trial told, so a COMPLETE trial always has its weights. For the
+and only then is the trial told, so a COMPLETE trial always has its weights. With an
+executor that trains in other processes (Ray), the driver asks and costs the next trial
+while the running ones train, and starts it before it stores the finished ones, so its
+own work overlaps training instead of adding to it; a prepared trial that a stop keeps
+from starting is recorded ``interrupted`` and its point enqueued again. For the
 ``dnas`` and ``hybrid`` strategies the loop is preceded by a differentiable search whose
 derived architectures go through the same costing, training and telling
 (:mod:`sparse_nas.search.dnas_driver`).
@@ -211,29 +215,92 @@ class SearchEngine:
     def _loop(self, study: optuna.Study, executor: BaseExecutor, done: int) -> None:
         store = artifact_store(self.artifact_dir)
         in_flight: dict[int, Trial] = {}
-        while True:
-            while (
-                not self.stopped
-                and executor.in_flight < executor.capacity
-                and done + len(in_flight) < self.spec.n_trials
-            ):
-                if self.should_stop is not None and self.should_stop():
+        # Asked and costed ahead, not started yet: with an executor that trains in other
+        # processes the driver prepares the next trial while the running ones train, and
+        # starts it before it stores the finished ones (the driver's work overlaps training).
+        ready: list[tuple[Trial, TrialTask]] = []
+        try:
+            while True:
+                done = self._launch(study, executor, in_flight, ready, done, ask=True)
+                if not in_flight:
+                    return
+                if executor.runs_in_background and not ready:
+                    done = self._prepare(study, in_flight, ready, done)
+                finished = [(in_flight.pop(outcome.number), outcome) for outcome in executor.wait()]
+                done = self._launch(study, executor, in_flight, ready, done, ask=False)
+                for trial, outcome in finished:
+                    done += self._finish(study, store, trial, outcome)
+        finally:
+            for trial, _ in ready:
+                self._release(study, trial)
+
+    def _may_launch(self, done: int, queued: int) -> bool:
+        """Whether another trial may start: the job is not stopping and the budget has room."""
+        if self.stopped or done + queued >= self.spec.n_trials:
+            return False
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+            return False
+        return True
+
+    def _launch(
+        self,
+        study: optuna.Study,
+        executor: BaseExecutor,
+        in_flight: dict[int, Trial],
+        ready: list[tuple[Trial, TrialTask]],
+        done: int,
+        *,
+        ask: bool,
+    ) -> int:
+        """Fill the executor's free slots: prepared trials first, then (if ``ask``) new ones."""
+        while executor.in_flight < executor.capacity:
+            if ready:
+                if self.stopped or (self.should_stop is not None and self.should_stop()):
                     self.stopped = True
                     break
-                trial, params, costs = self._ask(study)
-                reason = infeasible_reason(costs, self.limits)
-                if reason is not None:
-                    trial.set_user_attr(STATUS_ATTR, "infeasible")
-                    trial.set_user_attr(REASON_ATTR, reason)
-                    self._tell(study, trial, values=objective_values(self.spec.objectives, INFEASIBLE_ACCURACY, costs))
-                    done += 1
+                trial, task = ready.pop(0)
+            elif ask and self._may_launch(done, len(in_flight)):
+                done, prepared = self._ask_feasible(study, done, len(in_flight))
+                if prepared is None:
                     continue
-                executor.submit(self.task(study, trial, params))
-                in_flight[trial.number] = trial
-            if not in_flight:
-                return
-            for outcome in executor.wait():
-                done += self._finish(study, store, in_flight.pop(outcome.number), outcome)
+                trial, task = prepared
+            else:
+                break
+            executor.submit(task)
+            in_flight[trial.number] = trial
+        return done
+
+    def _prepare(
+        self, study: optuna.Study, in_flight: dict[int, Trial], ready: list[tuple[Trial, TrialTask]], done: int
+    ) -> int:
+        """Ask and cost one trial ahead while the trials in flight train."""
+        while not ready and self._may_launch(done, len(in_flight)):
+            done, prepared = self._ask_feasible(study, done, len(in_flight))
+            if prepared is not None:
+                ready.append(prepared)
+        return done
+
+    def _ask_feasible(
+        self, study: optuna.Study, done: int, queued: int
+    ) -> tuple[int, tuple[Trial, TrialTask] | None]:
+        """Ask one trial: a feasible one with its training task, or None after telling it infeasible."""
+        trial, params, costs = self._ask(study)
+        reason = infeasible_reason(costs, self.limits)
+        if reason is not None:
+            trial.set_user_attr(STATUS_ATTR, "infeasible")
+            trial.set_user_attr(REASON_ATTR, reason)
+            self._tell(study, trial, values=objective_values(self.spec.objectives, INFEASIBLE_ACCURACY, costs))
+            return done + 1, None
+        return done, (trial, self.task(study, trial, params))
+
+    def _release(self, study: optuna.Study, trial: Trial) -> None:
+        """A prepared trial that never started: fail it as interrupted and enqueue its point again."""
+        trial.set_user_attr(STATUS_ATTR, "interrupted")
+        trial.set_user_attr(REASON_ATTR, "prepared ahead, but the job stopped before it started")
+        carried = {key: trial.user_attrs[key] for key in CARRIED_ATTRS if key in trial.user_attrs}
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number, **carried}, skip_if_exists=False)
+        self._tell(study, trial, state=TrialState.FAIL)
 
     def _ask(self, study: optuna.Study) -> tuple[Trial, dict[str, Any], dict[str, float]]:
         start = time.perf_counter()

@@ -37,6 +37,8 @@ class BaseExecutor(abc.ABC):
     """Runs up to ``capacity`` trials at once."""
 
     capacity: int
+    runs_in_background: bool = False
+    """Trials train outside the driver's thread while it waits (the driver may prepare the next one)."""
 
     @abc.abstractmethod
     def submit(self, task: TrialTask) -> None:
@@ -143,6 +145,7 @@ class RayExecutor(BaseExecutor):
                 f"execution.cpus_per_trial is {cpus_per_trial} but the Ray cluster has {cluster_cpus} CPUs"
             )
         self._remote = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(_run_on_ray)
+        self.runs_in_background = True
         self._space_ref = ray.put(space)
         self._splits_ref = ray.put(splits)
         self._futures: dict[Any, TrialTask] = {}

@@ -185,6 +185,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _has_complete_trial(db: Path) -> bool:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] > 0
+    except sqlite3.OperationalError:  # the tables are not there yet
+        return False
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
@@ -210,12 +220,15 @@ def test_a_trial_whose_ray_worker_is_killed_runs_again_and_the_job_completes(tmp
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # The Ray worker running the first trial is a descendant of the driver titled
-        # after the task's function.
-        # The second kill hits the re-run of the same point (enqueued trials run first).
+        # after the task's function. The driver prepares one trial ahead, so trial 1 runs
+        # before the re-run of trial 0's point: the second kill waits for trial 1 to
+        # complete and hits the re-run.
         killed: list[int] = []
         deadline = time.monotonic() + 180
         while len(killed) < kills and time.monotonic() < deadline and driver.poll() is None:
             running = [p for p in _descendants(driver.pid) if "ray::_run_on_ray" in _cmdline(p) and p not in killed]
+            if killed and not _has_complete_trial(db):
+                running = []
             if running:
                 os.kill(running[0], signal.SIGKILL)
                 killed.append(running[0])
@@ -247,3 +260,56 @@ def test_a_trial_whose_ray_worker_is_killed_runs_again_and_the_job_completes(tmp
         assert len(failed) == 1 and failed[0].number == rerun[0].number
         assert "2 times in a row" in failed[0].reason
         assert statuses.count("complete") == 2
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_on_ray_the_next_trial_is_prepared_and_started_before_the_finished_one_is_stored(tmp_path: Path) -> None:
+    """One slot: the driver asks the next trial while one trains and starts it before telling the finished one."""
+    import optuna
+
+    spec = job(
+        strategy="random",
+        n_trials=4,
+        budgets={},
+        execution={"backend": "ray", "concurrency": 1, "cpus_per_trial": 1},
+    )
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    records = run(spec, url, tmp_path)
+    assert [r.status for r in records] == ["complete"] * 4
+    trials = optuna.load_study(study_name="backend", storage=url).trials
+    for before, after, record in zip(trials, trials[1:], records[1:], strict=False):
+        assert after.datetime_start < before.datetime_complete
+        assert record.measured["worker_started_at"] < before.datetime_complete.timestamp()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_a_trial_prepared_ahead_of_a_stop_is_run_when_the_job_resumes(tmp_path: Path) -> None:
+    import optuna
+
+    spec = job(
+        strategy="random",
+        n_trials=3,
+        budgets={},
+        execution={"backend": "ray", "concurrency": 1, "cpus_per_trial": 1},
+    )
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+
+    def asked() -> int:
+        return len(optuna.load_study(study_name="backend", storage=url).trials)
+
+    # The stop comes once trial 1 has been asked (while trial 0 trained): before it starts.
+    engine = SearchEngine(
+        spec, storage_url=url, study_name="backend", artifact_dir=tmp_path / "artifacts", should_stop=lambda: asked() >= 2
+    )
+    stopped = list(engine.run().records)
+    assert engine.stopped
+    assert [r.status for r in stopped[:2]] == ["complete", "interrupted"]
+    assert "job stopped before it started" in stopped[1].reason
+    resumed = run(spec, url, tmp_path)
+    assert [r.status for r in resumed] == ["complete", "interrupted", "complete", "complete"]
+    assert resumed[2].params == stopped[1].params
+    assert optuna.load_study(study_name="backend", storage=url).trials[2].user_attrs["retry_of"] == 1
