@@ -155,6 +155,14 @@ class BaseSearchSpace(abc.ABC):
                 raise InvalidSearchSpaceError(f"params.{name}: {value!r} is outside {dist}")
         return dict(params)
 
+    def invalid_reason(self, params: Params) -> str | None:
+        """Why the point cannot be built on this input size (a layer's map would vanish), or None.
+
+        Such points are in the space (its distributions are fixed) but are never trained;
+        the search records them infeasible with this reason. The default: every point is valid.
+        """
+        return None
+
     @abc.abstractmethod
     def smallest(self) -> dict[str, Any]:
         """The cheapest point of the space (every cost at its minimum)."""

@@ -107,6 +107,22 @@ class SparseCNNSpace(BaseSearchSpace):
             key += [down if down in ("max", "avg") else "conv", params[f"conv{i}_separable"]]
         return tuple(key)
 
+    def invalid_reason(self, params: Params) -> str | None:
+        """A 2x2 pooling of a map smaller than 2x2 has no output: such a point cannot be built."""
+        _, h, w = self.input_shape
+        for i in range(params["n_conv"]):
+            down = params[f"conv{i}_downsample"]
+            stride = _stride(down)
+            h, w = same_output_size(h, stride), same_output_size(w, stride)
+            if down in ("max", "avg"):
+                if min(h, w) < 2:
+                    return (
+                        f"conv{i}_downsample: {down} pooling of a {h}x{w} map has no output "
+                        f"(input {self.input_shape[1]}x{self.input_shape[2]}); use fewer downsampling layers"
+                    )
+                h, w = h // 2, w // 2
+        return None
+
     # --- torch ------------------------------------------------------------------------
 
     def build(self, params: Params) -> nn.Module:

@@ -286,7 +286,7 @@ class SearchEngine:
     ) -> tuple[int, tuple[Trial, TrialTask] | None]:
         """Ask one trial: a feasible one with its training task, or None after telling it infeasible."""
         trial, params, costs = self._ask(study)
-        reason = infeasible_reason(costs, self.limits)
+        reason = self.space.invalid_reason(params) or infeasible_reason(costs, self.limits)
         if reason is not None:
             trial.set_user_attr(STATUS_ATTR, "infeasible")
             trial.set_user_attr(REASON_ATTR, reason)

@@ -1,8 +1,9 @@
 """Feasible candidate points for the mobo sampler: screened random pool, Sobol stream, mutations.
 
 Every point here has been costed with :func:`~sparse_nas.search.costs.cost_points` and
-kept only when :func:`~sparse_nas.search.costs.feasible_mask` holds, so the sampler
-never proposes a point that breaks a budget.
+kept only when :func:`~sparse_nas.search.costs.feasible_mask` holds and the space can
+build it (``invalid_reason`` is None), so the sampler never proposes a point that breaks
+a budget or cannot be trained.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class Screen:
         if not points:
             return ScreenedPoints([], [], np.zeros((0, len(self.metrics))))
         costs = cost_points(self.space, points, self.device, self.runtime)
-        rows = np.flatnonzero(feasible_mask(costs, self.limits))
+        valid = np.array([self.space.invalid_reason(p) is None for p in points], dtype=bool)
+        rows = np.flatnonzero(feasible_mask(costs, self.limits) & valid)
         kept = [points[i] for i in rows]
         table = np.stack([costs[m][rows] for m in self.metrics], axis=1)
         return ScreenedPoints(kept, [self.encoding.key(p) for p in kept], table)

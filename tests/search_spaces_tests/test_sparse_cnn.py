@@ -66,3 +66,26 @@ def test_bad_option_names_the_field():
         get_search_space("sparse_cnn", (1, 28, 28), 10, {"channels": [64, 4]})
     with pytest.raises(InvalidSearchSpaceError, match=r"options\.methods: expected a non-empty list"):
         get_search_space("sparse_cnn", (1, 28, 28), 10, {"methods": ["winograd"]})
+
+
+def test_points_whose_maps_vanish_are_invalid_and_every_valid_point_runs():
+    """Three stride-2 convs take 8x8 to 1x1: a 2x2 pooling after them has no output."""
+    import optuna
+
+    space = get_search_space("sparse_cnn", (1, 8, 8), 10)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    invalid = 0
+    for _ in range(200):
+        params = space.sample(study.ask())
+        reason = space.invalid_reason(params)
+        if reason is not None:
+            invalid += 1
+            assert "pooling of a" in reason and "conv" in reason
+            with pytest.raises(RuntimeError, match="too small"):
+                space.build(params).eval()(torch.zeros(1, 1, 8, 8))
+        else:
+            assert space.build(params).eval()(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert invalid > 0
+    collapsing = space.smallest() | {"n_conv": 4} | {f"conv{i}_downsample": "stride" for i in range(3)}
+    assert space.invalid_reason(collapsing | {"conv3_downsample": "avg"}).startswith("conv3_downsample: avg pooling of a 1x1")
+    assert space.invalid_reason(collapsing | {"conv3_downsample": "stride"}) is None

@@ -265,3 +265,16 @@ def test_should_stop_ends_the_run_after_the_trials_in_flight_and_a_rerun_resumes
     assert e.stopped and len(results.records) == 2 == len(told)
     resumed = engine(job(n_trials=6, budgets={}), tmp_path)
     assert not resumed.stopped and len(resumed.run().records) == 6
+
+
+def test_a_point_the_space_cannot_build_is_infeasible_and_never_trained(tmp_path: Path) -> None:
+    spec = job(budgets={}, n_trials=1, initial_trials=1)
+    eng = engine(spec, tmp_path)
+    study = eng.open_study()
+    point = eng.space.smallest() | {"n_conv": 4} | {f"conv{i}_downsample": "stride" for i in range(3)}
+    study.enqueue_trial(point | {"conv3_downsample": "max"})
+    executor = _executor_for(eng)
+    records = eng.run(executor).records
+    assert [r.status for r in records] == ["infeasible"]
+    assert records[0].reason.startswith("conv3_downsample: max pooling of a 1x1 map has no output")
+    assert executor.tasks == []
