@@ -7,7 +7,7 @@ told at once as ``infeasible`` and never trained; a feasible one goes to the exe
 (in-process or Ray). When a trial finishes, its weights become an artifact of the trial
 and only then is the trial told, so a COMPLETE trial always has its weights. With an
 executor that trains in other processes (Ray), the driver asks and costs the next trial
-while the running ones train, and starts it before it stores the finished ones, so its
+while the running ones train, and hands it to the executor before it stores the finished ones, so its
 own work overlaps training instead of adding to it; a prepared trial that a stop keeps
 from starting is recorded ``interrupted`` and its point enqueued again. For the
 ``dnas`` and ``hybrid`` strategies the loop is preceded by a differentiable search whose
@@ -217,7 +217,7 @@ class SearchEngine:
         in_flight: dict[int, Trial] = {}
         # Asked and costed ahead, not started yet: with an executor that trains in other
         # processes the driver prepares the next trial while the running ones train, and
-        # starts it before it stores the finished ones (the driver's work overlaps training).
+        # submits it before it stores the finished ones (the driver's work overlaps training).
         ready: list[tuple[Trial, TrialTask]] = []
         try:
             while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -265,8 +266,12 @@ def test_a_trial_whose_ray_worker_is_killed_runs_again_and_the_job_completes(tmp
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
-def test_on_ray_the_next_trial_is_prepared_and_started_before_the_finished_one_is_stored(tmp_path: Path) -> None:
-    """One slot: the driver asks the next trial while one trains and starts it before telling the finished one."""
+def test_on_ray_the_next_trial_is_prepared_while_one_trains(tmp_path: Path) -> None:
+    """One slot: the driver asks (and costs) the next trial before the running one is told.
+
+    It also submits it before storing the finished one, but when Ray's worker starts it is
+    up to Ray's scheduling (measured 26 ms after the tell once), so that is not asserted.
+    """
     import optuna
 
     spec = job(
@@ -279,9 +284,8 @@ def test_on_ray_the_next_trial_is_prepared_and_started_before_the_finished_one_i
     records = run(spec, url, tmp_path)
     assert [r.status for r in records] == ["complete"] * 4
     trials = optuna.load_study(study_name="backend", storage=url).trials
-    for before, after, record in zip(trials, trials[1:], records[1:], strict=False):
+    for before, after in itertools.pairwise(trials):
         assert after.datetime_start < before.datetime_complete
-        assert record.measured["worker_started_at"] < before.datetime_complete.timestamp()
 
 
 @pytest.mark.ray
