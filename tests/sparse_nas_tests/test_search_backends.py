@@ -34,6 +34,12 @@ def job(**overrides: Any) -> SearchJobSpec:
     return SearchJobSpec.model_validate(data)
 
 
+def ray_job(n_trials: int, concurrency: int, **overrides: Any) -> SearchJobSpec:
+    """Random points with no budget, on a local Ray with ``concurrency`` one-CPU slots."""
+    execution = {"backend": "ray", "concurrency": concurrency, "cpus_per_trial": 1}
+    return job(strategy="random", n_trials=n_trials, budgets={}, execution=execution, **overrides)
+
+
 def run(spec: SearchJobSpec, url: str, tmp_path: Path) -> list[TrialRecord]:
     engine = SearchEngine(spec, storage_url=url, study_name="backend", artifact_dir=tmp_path / "artifacts")
     return list(engine.run().records)
@@ -75,13 +81,7 @@ def _overlap(a: TrialRecord, b: TrialRecord) -> bool:
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
 def test_local_ray_runs_two_trials_at_once(tmp_path: Path) -> None:
-    spec = job(
-        strategy="random",
-        n_trials=4,
-        budgets={},
-        training={"epochs": 3, "batch_size": 32},
-        execution={"backend": "ray", "concurrency": 2, "cpus_per_trial": 1},
-    )
+    spec = ray_job(4, 2, training={"epochs": 3, "batch_size": 32})
     records = run(spec, f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path)
     trained = [r for r in records if r.status == "complete"]
     assert len(trained) == 4
@@ -206,13 +206,7 @@ def test_a_trial_whose_ray_worker_is_killed_runs_again_and_the_job_completes(tmp
 
     import optuna
 
-    spec = job(
-        strategy="random",
-        n_trials=3,
-        budgets={},
-        training={"epochs": 6, "batch_size": 16},
-        execution={"backend": "ray", "concurrency": 1, "cpus_per_trial": 1},
-    )
+    spec = ray_job(3, 1, training={"epochs": 6, "batch_size": 16})
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(spec.to_json())
     db = tmp_path / "jobs.db"
@@ -274,12 +268,7 @@ def test_on_ray_the_next_trial_is_prepared_while_one_trains(tmp_path: Path) -> N
     """
     import optuna
 
-    spec = job(
-        strategy="random",
-        n_trials=4,
-        budgets={},
-        execution={"backend": "ray", "concurrency": 1, "cpus_per_trial": 1},
-    )
+    spec = ray_job(4, 1)
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     records = run(spec, url, tmp_path)
     assert [r.status for r in records] == ["complete"] * 4
@@ -294,12 +283,7 @@ def test_on_ray_the_next_trial_is_prepared_while_one_trains(tmp_path: Path) -> N
 def test_a_trial_prepared_ahead_of_a_stop_is_run_when_the_job_resumes(tmp_path: Path) -> None:
     import optuna
 
-    spec = job(
-        strategy="random",
-        n_trials=3,
-        budgets={},
-        execution={"backend": "ray", "concurrency": 1, "cpus_per_trial": 1},
-    )
+    spec = ray_job(3, 1)
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
 
     def asked() -> int:
