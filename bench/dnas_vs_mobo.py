@@ -68,6 +68,10 @@ def document(problem: str, strategy: str, seed: int, settings: Mapping[str, Any]
     doc["name"] = f"dnas_vs_mobo-{problem}-{strategy}-{seed}"
     doc["strategy"] = strategy
     dnas = {"warmup_epochs": settings["dnas_warmup"], "search_epochs": settings["dnas_search_epochs"]}
+    if settings.get("dnas_penalty_range") is not None:
+        dnas["penalty_range"] = list(settings["dnas_penalty_range"])
+    if settings.get("dnas_arch_lr") is not None:
+        dnas["arch_lr"] = settings["dnas_arch_lr"]
     if strategy == "dnas":
         doc["n_trials"] = settings["dnas_points"]
         doc["initial_trials"] = 1
@@ -215,6 +219,11 @@ def main() -> None:
     parser.add_argument("--hybrid-points", type=int, default=5, help="DNAS trials seeding hybrid's mobo")
     parser.add_argument("--dnas-warmup", type=int, default=1, help="supernet epochs training weights only")
     parser.add_argument("--dnas-search-epochs", type=int, default=2, help="supernet epochs of alternating steps")
+    parser.add_argument(
+        "--dnas-penalty-range", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+        help="the sweep's penalty strengths (default: the job spec's)",
+    )
+    parser.add_argument("--dnas-arch-lr", type=float, default=None, help="default: the job spec's")
     parser.add_argument("--epochs", type=int, default=TRAINING["epochs"], help="training epochs of every trial")
     parser.add_argument("--mnist-subset", type=int, default=PROBLEMS["mnist"]["dataset"]["train_subset"])
     parser.add_argument("--fsdd-subset", type=int, default=None, help="default: all 2,430 training clips")
@@ -236,6 +245,8 @@ def main() -> None:
         "hybrid_points": args.hybrid_points,
         "dnas_warmup": args.dnas_warmup,
         "dnas_search_epochs": args.dnas_search_epochs,
+        "dnas_penalty_range": args.dnas_penalty_range,
+        "dnas_arch_lr": args.dnas_arch_lr,
         "epochs": args.epochs,
         "train_subset": {"mnist": args.mnist_subset, "fsdd": args.fsdd_subset},
         "workers": args.workers,
