@@ -143,6 +143,11 @@ class DnasPhase:
         exclude = self._known_networks(study)
         in_flight: dict[int, Trial] = {}
         for position, k in enumerate(pending):
+            # A trial is created only when a slot is free: its duration, which the
+            # hypervolume history sums as CPU time, must not include the training of the
+            # trials before it.
+            while executor.in_flight >= executor.capacity:
+                done += self._collect(study, store, executor, in_flight)
             if position and self._stop():
                 break
             trial = first if position == 0 else self._new_trial(study)
@@ -175,8 +180,6 @@ class DnasPhase:
                 engine.tell(study, trial, values=objective_values(self.spec.objectives, INFEASIBLE_ACCURACY, costs))
                 done += 1
                 continue
-            while executor.in_flight >= executor.capacity:
-                done += self._collect(study, store, executor, in_flight)
             executor.submit(engine.task(study, trial, derivation.params))
             in_flight[trial.number] = trial
         while in_flight:

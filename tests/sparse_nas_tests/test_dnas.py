@@ -377,6 +377,12 @@ def test_dnas_job_trains_each_derived_architecture_as_a_trial_and_resumes(tmp_pa
     assert first.duration_s >= first.measured["dnas_search_seconds"]
     assert first.measured["dnas_penalty"] < second.measured["dnas_penalty"]
     assert first.params != second.params
+    # One trial trains at a time in-process, so durations (the history's CPU seconds)
+    # must not overlap: the second trial starts after the first one finished.
+    study = optuna.load_study(study_name="job", storage=f"sqlite:///{tmp_path / 'jobs.db'}")
+    one, two = sorted(study.get_trials(), key=lambda t: t.number)
+    assert one.datetime_complete <= two.datetime_start
+    assert sum(r.duration_s for r in results.records) <= (two.datetime_complete - one.datetime_start).total_seconds()
     assert results.pareto_front and results.hypervolume > 0
 
     resumed = SearchJobSpec.model_validate(_spec(n_trials=3))
