@@ -115,6 +115,20 @@ class TrialRecord:
             return None
         return self.measured.get("val_accuracy")
 
+    @property
+    def work_seconds(self) -> float:
+        """Seconds of work the trial cost: the driver's (suggestion or search, costing) plus the worker's.
+
+        Not the trial's duration, which runs from its creation to its tell: a trial
+        prepared while another one trains (the Ray executor's look-ahead) would count
+        that other trial's training too. The trial's duration stands in when neither
+        part was recorded (trials stored by older versions).
+        """
+        driver, worker = self.measured.get(DRIVER_SECONDS_ATTR), self.measured.get("worker_seconds")
+        if driver is None and worker is None:
+            return self.duration_s or 0.0
+        return (driver or 0.0) + (worker or 0.0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "number": self.number,

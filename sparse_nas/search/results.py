@@ -276,11 +276,12 @@ def hypervolume_history(
 
     Every trial that uses up the job's budget (complete, infeasible, stopped, failed)
     gets an entry; interrupted, running and waiting ones do not (an interrupted trial's
-    duration runs until it was found dead, so it is left out of ``cpu_seconds`` too).
+    work is lost, so it is left out of ``cpu_seconds`` too).
 
     Returns:
         Entries ``{"trial": number, "trials_done": k, "hypervolume": hv, "cpu_seconds": s}``,
-        ``s`` the summed durations of the ``k`` trials so far (a missing duration counts 0).
+        ``s`` the summed work seconds (:attr:`TrialRecord.work_seconds`: driver plus worker)
+        of the ``k`` trials so far.
     """
     _reference_losses(reference, objectives)
     history: list[dict[str, Any]] = []
@@ -290,7 +291,7 @@ def hypervolume_history(
         if record.status not in COUNTED_STATUSES:
             continue
         done += 1
-        seconds += record.duration_s or 0.0
+        seconds += record.work_seconds
         if _on_front_candidate(record):
             front = np.vstack([front, _values(record, objectives)])
             front = front[_non_dominated(_losses(front, objectives))]

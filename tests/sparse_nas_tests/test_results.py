@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -252,6 +253,23 @@ def test_hypervolume_history_is_monotone_and_counts_budgeted_statuses() -> None:
     assert all(b >= a for a, b in itertools.pairwise(volumes))
     front = pareto_front(records, objectives)
     assert volumes[-1] == pytest.approx(hypervolume([r.values for r in front], ref, objectives))
+
+
+def test_history_counts_work_seconds_not_overlapping_durations() -> None:
+    # Ray's look-ahead asks trial 1 while trial 0 trains: trial 1's duration (9 s) holds
+    # 5 s of trial 0's training. The axis sums what each trial cost: driver + worker.
+    objectives, ref = ("accuracy", "flash_bytes"), {"accuracy": 0.0, "flash_bytes": 100.0}
+    measured = [{"driver_seconds": 0.5, "worker_seconds": 5.0}, {"driver_seconds": 0.25, "worker_seconds": 4.0}]
+    records = [
+        replace(record(n, values=(0.5, 10.0 * (n + 1)), duration_s=d), measured=m)
+        for n, (d, m) in enumerate(zip((5.5, 9.0), measured, strict=True))
+    ]
+    records.append(replace(record(2, "infeasible", feasible=False, duration_s=0.2), measured={"driver_seconds": 0.1}))
+
+    history = hypervolume_history(records, objectives, ref)
+
+    assert [h["cpu_seconds"] for h in history] == pytest.approx([5.5, 9.75, 9.85])
+    assert [r.work_seconds for r in records] == pytest.approx([5.5, 4.25, 0.1])
 
 
 def test_hypervolume_history_is_monotone_on_many_random_trials() -> None:
