@@ -17,10 +17,11 @@ job in its own SQLite study:
   and counted in mobo's ``--initial-trials``.
 
 "CPU seconds" is the engine's own axis (``SearchResults.hypervolume_history``): the
-summed durations of the trials so far. Each job runs on one torch thread, so a
-duration is close to CPU time. A DNAS trial's duration holds whatever it waited for:
-the first trial of the sweep is created before the supernet's search, so the search's
-time is in it (``dnas_search_seconds``), and every trial is then trained from scratch.
+summed work of the trials so far (``TrialRecord.work_seconds``: driver seconds, i.e.
+the sampler's suggestion or the supernet's search and the costing, plus worker seconds,
+i.e. build, training and evaluation). Each job runs on one torch thread, so these are
+close to CPU time. The sweep's first DNAS trial carries the supernet's search
+(``dnas_search_seconds``); every derived architecture is then trained from scratch.
 
 Per problem, the target is mobo's final hypervolume (median over seeds); each
 strategy's "CPU to target" is the first point of its history at or above the target
