@@ -7,6 +7,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from sparse_nas.sqlite import enable_wal
+
 SQLITE_BUSY_TIMEOUT_S = 60.0
 """How long a SQLite writer waits for the lock (the worker, the API and Optuna share the file)."""
 
@@ -33,12 +35,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-    finally:
-        cursor.close()
+    enable_wal(dbapi_connection, SQLITE_BUSY_TIMEOUT_S)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

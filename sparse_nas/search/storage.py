@@ -22,6 +22,7 @@ from optuna.storages import RDBStorage
 from sqlalchemy import event
 
 from sparse_nas.errors import SparseNASError
+from sparse_nas.sqlite import enable_wal
 
 SQLITE_BUSY_TIMEOUT_S = 60
 """How long a SQLite writer waits for a lock (readers such as a dashboard may hold it)."""
@@ -89,10 +90,7 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
     # bookkeeping drops from ~580 ms to ~100 ms on this machine under load. Committed
     # work survives a killed process; only a power cut can lose the last commits. WAL
     # also lets readers (the API, a dashboard) read while the driver writes.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    enable_wal(dbapi_connection, SQLITE_BUSY_TIMEOUT_S, synchronous_normal=True)
 
 
 def _redact(url: str) -> str:
