@@ -170,9 +170,12 @@ class DnasPhase:
             exclude.add(derivation.network)
             trial = self._set_params(study, trial, derivation.params)
             derived = time.perf_counter()
-            costs = engine.store_costs(trial, derivation.params)
-            trial.set_user_attr(SUGGEST_SECONDS_ATTR, searched + derived - started)
-            trial.set_user_attr(DRIVER_SECONDS_ATTR, searched + time.perf_counter() - started)
+            costs = engine.cost(derivation.params)
+            timings = {
+                SUGGEST_SECONDS_ATTR: searched + derived - started,
+                DRIVER_SECONDS_ATTR: searched + time.perf_counter() - started,
+            }
+            engine.store_costs(trial, costs, timings)
             reason = infeasible_reason(costs, engine.limits)
             if reason is not None:  # derivation checks the limits; this guards a changed cost model
                 trial.set_user_attr(STATUS_ATTR, "infeasible")

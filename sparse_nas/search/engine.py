@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from sparse_nas.search.records import (
     to_record,
 )
 from sparse_nas.search.results import SearchResults, reference_point
-from sparse_nas.search.storage import StorageError, artifact_store, open_storage, save_weights
+from sparse_nas.search.storage import StorageError, artifact_store, open_storage, save_weights, set_trial_attrs
 from sparse_nas.search.trial_runner import TrialOutcome, TrialTask, make_task
 from sparse_nas.spec import DNAS_STRATEGIES, SearchJobSpec
 from sparse_nas.strategies import make_sampler
@@ -307,19 +307,18 @@ class SearchEngine:
         trial = study.ask()
         params = self.space.sample(trial)
         sampled = time.perf_counter()
-        costs = self.store_costs(trial, params)
-        trial.set_user_attr(SUGGEST_SECONDS_ATTR, sampled - start)
-        trial.set_user_attr(DRIVER_SECONDS_ATTR, time.perf_counter() - start)
+        costs = self.cost(params)
+        timings = {SUGGEST_SECONDS_ATTR: sampled - start, DRIVER_SECONDS_ATTR: time.perf_counter() - start}
+        self.store_costs(trial, costs, timings)
         return trial, params, costs
 
-    def store_costs(self, trial: Trial, params: dict[str, Any]) -> dict[str, float]:
-        """Cost a trial's point exactly; store the costs (user attributes) and limits (constraints)."""
-        costs = cost_point(self.space, params, self.device, self.spec.runtime)
-        for metric, value in costs.items():
-            trial.set_user_attr(metric, value)
-        for name, value in constraint_values(costs, self.limits).items():
-            trial.set_constraint(name, value)
-        return costs
+    def cost(self, params: dict[str, Any]) -> dict[str, float]:
+        """A point's exact hardware costs on the job's device and runtime."""
+        return cost_point(self.space, params, self.device, self.spec.runtime)
+
+    def store_costs(self, trial: Trial, costs: Mapping[str, float], attrs: Mapping[str, Any]) -> None:
+        """Store a trial's costs (user attributes), limits (constraints) and ``attrs`` in one transaction."""
+        set_trial_attrs(trial, {**costs, **attrs}, constraint_values(costs, self.limits))
 
     def task(self, study: optuna.Study, trial: Trial, params: dict[str, Any]) -> TrialTask:
         """The training task of a feasible trial, at the job's fidelity."""
@@ -365,9 +364,6 @@ class SearchEngine:
         if outcome.status == "lost":
             return self._lost(study, trial, outcome)
         storage = study._storage
-        # Trial.report refuses multi-objective studies; the storage call is what it does.
-        for epoch, accuracy in enumerate(outcome.epoch_accuracies, start=1):
-            storage.set_trial_intermediate_value(trial._trial_id, epoch, accuracy)
         measured = {
             "val_accuracy": outcome.val_accuracy,
             "test_accuracy": outcome.test_accuracy,
@@ -378,14 +374,13 @@ class SearchEngine:
             "worker_pid": outcome.worker_pid or None,
             "worker_started_at": outcome.worker_started_at or None,
         }
-        for key, value in measured.items():
-            if value is not None:
-                trial.set_user_attr(key, value)
-        trial.set_user_attr(STATUS_ATTR, outcome.status)
+        attrs = {key: value for key, value in measured.items() if value is not None}
+        attrs[STATUS_ATTR] = outcome.status
         if outcome.reason is not None:
-            trial.set_user_attr(REASON_ATTR, outcome.reason)
+            attrs[REASON_ATTR] = outcome.reason
         if outcome.weights is not None:
-            trial.set_user_attr(ARTIFACT_ATTR, save_weights(store, storage, trial, outcome.weights))
+            attrs[ARTIFACT_ATTR] = save_weights(store, storage, trial, outcome.weights)
+        set_trial_attrs(trial, attrs, intermediate_values=dict(enumerate(outcome.epoch_accuracies, start=1)))
         if outcome.status == "complete":
             costs = {metric: trial.user_attrs[metric] for metric in self.spec.objectives if metric != "accuracy"}
             self._tell(study, trial, values=objective_values(self.spec.objectives, outcome.val_accuracy, costs))

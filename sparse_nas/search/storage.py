@@ -9,9 +9,11 @@ file-system artifact store beside the database.
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.storages import RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
 from sqlalchemy import event
 
 from sparse_nas.errors import SparseNASError
@@ -100,6 +105,66 @@ def _redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable URL>"
+
+
+CONSTRAINT_ATTR_PREFIX = "constraints:"
+"""Where ``Trial.set_constraint`` keeps a named constraint: the system attribute ``constraints:NAME``."""
+
+
+def set_trial_attrs(
+    trial: optuna.trial.Trial,
+    user_attrs: Mapping[str, Any],
+    constraints: Mapping[str, float] | None = None,
+    intermediate_values: Mapping[int, float] | None = None,
+) -> None:
+    """Store a trial's user attributes, named constraints and intermediate values in one transaction.
+
+    ``Trial.set_user_attr`` and ``Trial.set_constraint`` commit one row each (a
+    constraint also reads the trial's system attributes first). A trial stores about
+    a dozen costs and limits when it is asked and a dozen measurements when it is
+    told: one transaction instead of 12-20 cuts the driver's database time per phase
+    several-fold, and a crash leaves either all of a phase's attributes or none.
+
+    On an RDB storage this uses Optuna's own row writer
+    (``RDBStorage._set_trial_attr_without_commit``, the function behind
+    ``set_trial_user_attr``); on any other storage it falls back to the public calls.
+    The trial's cached copy is updated as the public calls would. Intermediate values
+    (step: value) are written as ``Trial.report`` would; it refuses multi-objective
+    studies, so this is how a job stores its per-epoch validation accuracies.
+
+    Raises:
+        ValueError: A constraint is NaN (Optuna refuses it too).
+    """
+    named = {}
+    for name, value in (constraints or {}).items():
+        value = float(value)
+        if math.isnan(value):
+            raise ValueError(f"constraint {name!r} of trial {trial.number} is NaN; a constraint must be a number")
+        named[name] = value
+    backend = trial.storage._backend if isinstance(trial.storage, _CachedStorage) else trial.storage
+    if not isinstance(backend, RDBStorage):
+        for step, value in (intermediate_values or {}).items():
+            trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        for key, value in user_attrs.items():
+            trial.set_user_attr(key, value)
+        for name, value in named.items():
+            trial.set_constraint(name, value)
+        return
+    system_attrs = {f"{CONSTRAINT_ATTR_PREFIX}{name}": value for name, value in named.items()}
+    with _create_scoped_session(backend.scoped_session) as session:
+        for step, value in (intermediate_values or {}).items():
+            backend._set_trial_intermediate_value_without_commit(session, trial._trial_id, step, value)
+        for key, value in user_attrs.items():
+            backend._set_trial_attr_without_commit(
+                session, rdb_models.TrialUserAttributeModel, trial._trial_id, key, value
+            )
+        for key, value in system_attrs.items():
+            backend._set_trial_attr_without_commit(
+                session, rdb_models.TrialSystemAttributeModel, trial._trial_id, key, value
+            )
+    cached = trial._cached_frozen_trial
+    cached.user_attrs.update(user_attrs)
+    cached.system_attrs.update(system_attrs)
 
 
 def artifact_store(directory: str | os.PathLike[str]) -> FileSystemArtifactStore:
